@@ -1,0 +1,8 @@
+"""clear_native: CLEAR maps (CLass-Enhanced Attentive Responses) for PyTorch classifiers."""
+from clear_native import _ops  # noqa: F401  (loads the extension, registers fake kernels)
+from clear_native._ops import build_info
+from clear_native.dominance import Dominance, dominance
+
+__version__ = "0.1.0"
+
+__all__ = ["Dominance", "dominance", "build_info", "__version__"]

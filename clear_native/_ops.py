@@ -1,0 +1,47 @@
+"""Loads the native extension and registers the fake (meta) kernels of its operators.
+
+The operators live in ``torch.ops.clear_native``; their fake kernels let
+``torch.compile(fullgraph=True)`` and ``torch.library.opcheck`` trace them.
+"""
+from __future__ import annotations
+
+import torch  # noqa: F401  (torch must be loaded before the extension)
+
+from clear_native import _C
+
+NUM_VALUE_PLANES = 4  # top-1, top-2, min, target value
+NUM_INDEX_PLANES = 3  # top-1, top-2, min class
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@torch.library.register_fake("clear_native::dominance")
+def _dominance_fake(responses, target=None, state_values=None, state_indices=None,
+                    class_offset=0, ordered=False, runner_up=True, weakest=True):
+    n, spatial = responses.shape[0], responses.shape[2:]
+    values = responses.new_empty((NUM_VALUE_PLANES, n, *spatial), dtype=_acc_dtype(responses.dtype))
+    indices = responses.new_empty((NUM_INDEX_PLANES, n, *spatial), dtype=torch.int64)
+    return values, indices
+
+
+def build_info() -> dict:
+    """What this build of the extension contains: CUDA kernels, CPU SIMD level, threads."""
+    return {
+        "cuda": _C.cuda_enabled(),
+        "cpu_capability": _C.cpu_capability(),
+        "num_threads": _C.num_threads(),
+        "torch_target_version": _C.torch_target_version,
+        "torch_version": torch.__version__,
+    }
+
+
+def require_device_support(tensor: torch.Tensor, what: str) -> None:
+    """Raises a clear error when a CUDA tensor meets a build without CUDA kernels."""
+    if tensor.device.type == "cuda" and not _C.cuda_enabled():
+        raise RuntimeError(
+            f"{what}: got a CUDA tensor, but clear_native was built without CUDA; "
+            "rebuild with CLEAR_NATIVE_CUDA=ON or move the input to the CPU")
+    if tensor.device.type not in ("cpu", "cuda", "meta"):
+        raise RuntimeError(f"{what}: expected a CPU or CUDA tensor, got device {tensor.device}")

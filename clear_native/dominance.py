@@ -1,0 +1,209 @@
+"""Per-pixel class dominance of per-class response maps (CLEAR, paper eq. 4-5)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from clear_native._ops import NUM_INDEX_PLANES, NUM_VALUE_PLANES, require_device_support
+
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+@dataclass
+class Dominance:
+    """Which class dominates each pixel, and by how much.
+
+    Every field is ``(N, *spatial)``. Class fields are int64; response fields have
+    the dtype of the responses. Policy: ties go to the lowest class index (as
+    ``torch.argmax``); NaN never wins; a pixel with no non-NaN response (or, for
+    ``runner_up_*``, fewer than two) gets class ``-1`` and response NaN.
+
+    Fields:
+        dominant_class, dominant_response: argmax / max over classes (eq. 4, 5).
+        runner_up_class, runner_up_response: second best class and its response.
+        weakest_class, weakest_response: argmin / min over classes.
+        target: (N,) target classes, or None.
+        target_response: response of the target class (the paper's positive
+            focus), or None without a target.
+        rival_class, rival_response: best class other than the target (the
+            paper's negative focus), or None without a target.
+        num_classes: classes merged so far (grows with streaming calls).
+    """
+
+    dominant_class: torch.Tensor
+    dominant_response: torch.Tensor
+    runner_up_class: torch.Tensor
+    runner_up_response: torch.Tensor
+    weakest_class: torch.Tensor
+    weakest_response: torch.Tensor
+    target: torch.Tensor | None = None
+    target_response: torch.Tensor | None = None
+    rival_class: torch.Tensor | None = None
+    rival_response: torch.Tensor | None = None
+    num_classes: int = 0
+    # Packed running state, for merging further class chunks (see ``dominance``).
+    state_values: torch.Tensor | None = field(default=None, repr=False)
+    state_indices: torch.Tensor | None = field(default=None, repr=False)
+    # One past the highest class merged so far: a later chunk starting at or
+    # above it is merged with the cheaper in-order kernel.
+    class_end: int = field(default=0, repr=False)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.dominant_class.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.dominant_class.device
+
+    def to(self, *args, **kwargs) -> "Dominance":
+        """Moves every tensor field (``Tensor.to`` arguments)."""
+        return _map_tensors(self, lambda t: t.to(*args, **kwargs))
+
+    def cpu(self) -> "Dominance":
+        return self.to("cpu")
+
+    def numpy(self) -> dict:
+        """The public fields as numpy arrays (None stays None)."""
+        out = {}
+        for f in fields(self):
+            if f.name.startswith("state_"):
+                continue
+            v = getattr(self, f.name)
+            out[f.name] = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+        return out
+
+
+def _map_tensors(obj, fn):
+    kwargs = {}
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        kwargs[f.name] = fn(v) if isinstance(v, torch.Tensor) else v
+    return type(obj)(**kwargs)
+
+
+def _check_responses(responses: torch.Tensor) -> None:
+    if not isinstance(responses, torch.Tensor):
+        raise TypeError(f"dominance: responses must be a torch.Tensor, got {type(responses).__name__}")
+    if not 3 <= responses.dim() <= 5:
+        raise ValueError(
+            "dominance: responses must be (N, C, *spatial) with 1 to 3 spatial dims, "
+            f"got shape {tuple(responses.shape)}")
+    if responses.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            "dominance: responses must be float32, float64, float16 or bfloat16, "
+            f"got {responses.dtype}")
+    require_device_support(responses, "dominance")
+
+
+def _check_target(target, responses: torch.Tensor, num_classes: int) -> torch.Tensor:
+    n = responses.shape[0]
+    if not isinstance(target, torch.Tensor):
+        target = torch.as_tensor(target)
+    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+        raise TypeError(f"dominance: target must hold integer class indices, got {target.dtype}")
+    if target.shape != (n,):
+        raise ValueError(f"dominance: target must be (N,) = ({n},), got shape {tuple(target.shape)}")
+    if target.device != responses.device:
+        raise ValueError(
+            f"dominance: target is on {target.device} but responses are on {responses.device}")
+    target = target.to(torch.int64)
+    if n and not torch.compiler.is_compiling():
+        lo, hi = int(target.min()), int(target.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(
+                f"dominance: target classes must lie in [0, {num_classes}), got values in [{lo}, {hi}]")
+    return target
+
+
+def dominance(
+    responses: torch.Tensor,
+    target: torch.Tensor | None = None,
+    *,
+    state: Dominance | None = None,
+    class_offset: int = 0,
+    num_classes: int | None = None,
+    runner_up: bool = True,
+    weakest: bool = True,
+) -> Dominance:
+    """Per-pixel dominant class, runner-up, weakest class and target focus, in one pass.
+
+    Args:
+        responses: per-class response maps ``(N, C, *spatial)`` with 1 to 3 spatial
+            dims; float32/64, float16 or bfloat16 (compared in float32); CPU or CUDA;
+            any strides (channels_last and sliced inputs are read in place).
+        target: ``(N,)`` class indices, optional. Adds ``target_response`` (positive
+            focus) and ``rival_class`` / ``rival_response`` (best other class,
+            negative focus).
+        state: the result of an earlier call over other classes of the same images;
+            this call merges ``responses`` into it. Chunks may come in any order; the
+            result equals one call over all classes.
+        class_offset: global index of ``responses``' first class (for streaming).
+        num_classes: total number of classes, to validate ``target`` when later
+            chunks are still to come; defaults to ``class_offset + C``.
+        runner_up, weakest: set False to skip those fields (they are then -1/NaN).
+
+    Returns:
+        A :class:`Dominance` with fields of shape ``(N, *spatial)``.
+    """
+    _check_responses(responses)
+    if isinstance(class_offset, bool) or not isinstance(class_offset, int) or class_offset < 0:
+        raise ValueError(f"dominance: class_offset must be an int >= 0, got {class_offset!r}")
+    n, c = responses.shape[:2]
+    total = class_offset + c if num_classes is None else int(num_classes)
+    if state is not None:
+        if not isinstance(state, Dominance) or state.state_values is None:
+            raise TypeError(
+                f"dominance: state must be the Dominance of an earlier call, got {type(state).__name__}")
+        if state.shape != (n, *responses.shape[2:]):
+            raise ValueError(
+                f"dominance: state is for maps of shape {tuple(state.shape)}, but these responses "
+                f"give {(n, *responses.shape[2:])}")
+        if state.device != responses.device:
+            raise ValueError(
+                f"dominance: state is on {state.device} but responses are on {responses.device}")
+        if (state.target is None) != (target is None):
+            raise ValueError(
+                "dominance: every chunk of a streamed call must be given the same target "
+                f"(state has {'none' if state.target is None else 'one'}, this call "
+                f"{'none' if target is None else 'one'})")
+        if state.state_values.dtype != (torch.float32 if responses.dtype in (torch.float16, torch.bfloat16)
+                                        else responses.dtype):
+            raise ValueError(
+                f"dominance: state was computed from {state.dominant_response.dtype} responses, "
+                f"these are {responses.dtype}")
+    if target is not None:
+        target = _check_target(target, responses, total)
+        if state is not None and state.target is not None and not torch.compiler.is_compiling():
+            if not torch.equal(state.target, target):
+                raise ValueError("dominance: target differs from the target of the state being merged")
+
+    ordered = state is None or class_offset >= state.class_end
+    values, indices = torch.ops.clear_native.dominance(
+        responses, target,
+        None if state is None else state.state_values,
+        None if state is None else state.state_indices,
+        class_offset, ordered, runner_up, weakest)
+    result = _from_planes(values, indices, responses.dtype, target,
+                          c + (0 if state is None else state.num_classes))
+    result.class_end = max(class_offset + c, 0 if state is None else state.class_end)
+    return result
+
+
+def _from_planes(values: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype,
+                 target: torch.Tensor | None, num_classes: int) -> Dominance:
+    """Builds the result object from the packed (4, N, ...) / (3, N, ...) planes."""
+    out = values if values.dtype == dtype else values.to(dtype)
+    result = Dominance(
+        dominant_class=indices[0], dominant_response=out[0],
+        runner_up_class=indices[1], runner_up_response=out[1],
+        weakest_class=indices[2], weakest_response=out[2],
+        num_classes=num_classes, state_values=values, state_indices=indices)
+    if target is not None:
+        is_top = indices[0] == target.view(-1, *([1] * (indices.dim() - 2)))
+        result.target = target
+        result.target_response = out[3]
+        result.rival_class = torch.where(is_top, indices[1], indices[0])
+        result.rival_response = torch.where(is_top, out[1], out[0])
+    return result

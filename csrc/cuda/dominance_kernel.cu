@@ -1,0 +1,114 @@
+// CUDA kernel of the dominance operator: one thread per pixel, classes looped
+// in order, the update shared with the CPU kernel (dominance_element.h). For
+// NCHW input, threads of a warp read consecutive pixels of one class row
+// (coalesced).
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include <cuda_runtime.h>
+
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
+
+#include "dominance.h"
+#include "dominance_element.h"
+
+namespace clear_native::cuda {
+namespace {
+
+template <typename T>
+struct AccType {
+  using type = T;
+};
+template <>
+struct AccType<torch::headeronly::Half> {
+  using type = float;
+};
+template <>
+struct AccType<torch::headeronly::BFloat16> {
+  using type = float;
+};
+
+template <typename T, bool kOrdered, bool kRunnerUp, bool kWeakest>
+__global__ void dominance_cuda_kernel(DominanceArgs a) {
+  using A = typename AccType<T>::type;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t plane = a.N * a.S;
+  if (idx >= plane) return;
+  const int64_t n = idx / a.S, p = idx % a.S;
+  const T* x = static_cast<const T*>(a.responses) + n * a.stride_n + p * a.stride_s;
+  const A* sv = static_cast<const A*>(a.state_values);
+  A v1, v2, vm;
+  int32_t i1, i2, im;
+  if (sv != nullptr) {
+    slot_load<kOrdered, true>(sv[kTop1Value * plane + idx], a.state_indices[kTop1Index * plane + idx], v1, i1);
+    slot_load<kOrdered, true>(sv[kTop2Value * plane + idx], a.state_indices[kTop2Index * plane + idx], v2, i2);
+    slot_load<kOrdered, false>(sv[kMinValue * plane + idx], a.state_indices[kMinIndex * plane + idx], vm, im);
+  } else {
+    v1 = v2 = empty_value<kOrdered, true, A>();
+    vm = empty_value<kOrdered, false, A>();
+    i1 = i2 = im = kNoClass;
+  }
+  for (int64_t c = 0; c < a.C; ++c) {
+    const A v = static_cast<A>(x[c * a.stride_c]);
+    dominance_update<kOrdered, kRunnerUp, kWeakest>(v1, i1, v2, i2, vm, im, v,
+                                          static_cast<int32_t>(a.class_offset + c));
+  }
+  A* ov = static_cast<A*>(a.out_values);
+  slot_store<kOrdered>(v1, i1, ov[kTop1Value * plane + idx], a.out_indices[kTop1Index * plane + idx]);
+  slot_store<kOrdered>(v2, i2, ov[kTop2Value * plane + idx], a.out_indices[kTop2Index * plane + idx]);
+  slot_store<kOrdered>(vm, im, ov[kMinValue * plane + idx], a.out_indices[kMinIndex * plane + idx]);
+  const int64_t tc = a.target != nullptr ? a.target[n] - a.class_offset : -1;
+  A tv;
+  if (tc >= 0 && tc < a.C)
+    tv = static_cast<A>(x[tc * a.stride_c]);
+  else if (sv != nullptr)
+    tv = sv[kTargetValue * plane + idx];
+  else
+    tv = std::numeric_limits<A>::quiet_NaN();
+  ov[kTargetValue * plane + idx] = tv;
+}
+
+template <typename T, bool O, bool R, bool W>
+void launch(const DominanceArgs& a, cudaStream_t stream) {
+  constexpr int kThreads = 256;
+  const int64_t total = a.N * a.S;
+  const int64_t blocks = (total + kThreads - 1) / kThreads;
+  dominance_cuda_kernel<T, O, R, W><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a);
+}
+
+template <typename T, bool O>
+void launch_flags(const DominanceArgs& a, cudaStream_t stream) {
+  if (a.runner_up && a.weakest) return launch<T, O, true, true>(a, stream);
+  if (a.runner_up) return launch<T, O, true, false>(a, stream);
+  if (a.weakest) return launch<T, O, false, true>(a, stream);
+  return launch<T, O, false, false>(a, stream);
+}
+
+template <typename T>
+void launch_typed(const DominanceArgs& a, cudaStream_t stream) {
+  if (a.ordered) return launch_flags<T, true>(a, stream);
+  return launch_flags<T, false>(a, stream);
+}
+
+}  // namespace
+
+void dominance_kernel(const DominanceArgs& a, void* stream_ptr) {
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  using torch::headeronly::ScalarType;
+  switch (a.dtype) {
+    case ScalarType::Float: launch_typed<float>(a, stream); break;
+    case ScalarType::Double: launch_typed<double>(a, stream); break;
+    case ScalarType::Half: launch_typed<torch::headeronly::Half>(a, stream); break;
+    case ScalarType::BFloat16: launch_typed<torch::headeronly::BFloat16>(a, stream); break;
+    default: throw std::runtime_error("dominance (CUDA): unsupported dtype");
+  }
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("dominance (CUDA): kernel launch failed: ") +
+                             cudaGetErrorString(err));
+}
+
+}  // namespace clear_native::cuda

@@ -1,0 +1,269 @@
+"""clear_native.dominance against clear_native.reference.dominance."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import clear_native
+from clear_native import reference
+from conftest import DEVICES, FLOAT_DTYPES
+
+FIELDS = ["dominant_class", "dominant_response", "runner_up_class", "runner_up_response",
+          "weakest_class", "weakest_response"]
+TARGET_FIELDS = ["target_response", "rival_class", "rival_response"]
+
+
+def assert_same(got, want, with_target=False):
+    for name in FIELDS + (TARGET_FIELDS if with_target else []):
+        g, w = getattr(got, name), getattr(want, name)
+        assert g.dtype == w.dtype, (name, g.dtype, w.dtype)
+        # Selections, not arithmetic: exact equality, NaN where NaN.
+        torch.testing.assert_close(g.cpu(), w.cpu(), rtol=0, atol=0, equal_nan=True, msg=name)
+
+
+def rand_responses(shape, dtype, device, kind="normal"):
+    if kind == "normal":
+        x = torch.randn(shape, dtype=torch.float64)
+    elif kind == "ties":  # few distinct values: many ties
+        x = torch.randint(0, 3, shape).to(torch.float64)
+    elif kind == "specials":  # NaN, +-inf, ties, signed zeros
+        x = torch.randint(0, 4, shape).to(torch.float64)
+        r = torch.rand(shape)
+        x[r < 0.15] = float("nan")
+        x[(r >= 0.15) & (r < 0.2)] = float("inf")
+        x[(r >= 0.2) & (r < 0.25)] = float("-inf")
+        x[(r >= 0.25) & (r < 0.3)] = -0.0
+    else:
+        raise ValueError(kind)
+    return x.to(dtype=dtype, device=device)
+
+
+SHAPES = [
+    (2, 1, 5, 5),      # one class
+    (2, 2, 7, 9),      # two classes, odd sizes
+    (3, 10, 13, 17),
+    (2, 37, 9, 31),    # classes not a multiple of the unroll, pixels not of the SIMD width
+    (1, 16, 64, 65),   # several tiles
+    (2, 5, 11),        # 1-D spatial
+    (2, 4, 3, 5, 6),   # 3-D spatial
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("kind", ["normal", "ties", "specials"])
+def test_matches_reference(shape, dtype, device, kind):
+    x = rand_responses(shape, dtype, device, kind)
+    target = torch.randint(0, shape[1], (shape[0],), device=device)
+    assert_same(clear_native.dominance(x), reference.dominance(x))
+    assert_same(clear_native.dominance(x, target), reference.dominance(x, target), with_target=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_large_tile_count_float32(device):
+    x = rand_responses((3, 24, 70, 70), torch.float32, device, "specials")
+    assert_same(clear_native.dominance(x), reference.dominance(x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced", "expanded", "class_stride"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_strided_inputs(layout, dtype, device):
+    base = rand_responses((3, 9, 12, 14), dtype, device, "specials")
+    if layout == "channels_last":
+        x = base.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed":
+        x = base.transpose(2, 3)
+    elif layout == "sliced":
+        x = base[:, 1::2, ::2, 1:]
+    elif layout == "expanded":
+        x = base[:, :, :1, :].expand(3, 9, 5, 14)
+    else:
+        x = base.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not x.is_contiguous()
+    target = torch.randint(0, x.shape[1], (3,), device=device)
+    assert_same(clear_native.dominance(x, target), reference.dominance(x, target), with_target=True)
+
+
+def test_documented_policy_by_hand():
+    nan, inf = float("nan"), float("inf")
+    # One image, 4 classes, 5 pixels.
+    x = torch.tensor([[
+        [1.0, nan, 2.0, -inf, nan],
+        [3.0, nan, 2.0, -inf, 5.0],
+        [3.0, nan, 1.0, -inf, nan],
+        [0.0, nan, 2.0, -inf, nan],
+    ]])
+    d = clear_native.dominance(x, torch.tensor([2]))
+    assert d.dominant_class.tolist() == [[1, -1, 0, 0, 1]]          # ties -> lowest index
+    assert d.runner_up_class.tolist() == [[2, -1, 1, 1, -1]]        # one valid class -> no runner-up
+    assert d.weakest_class.tolist() == [[3, -1, 2, 0, 1]]
+    assert d.dominant_response[0, 1].isnan() and d.dominant_response[0, 3] == -inf
+    assert d.rival_class.tolist() == [[1, -1, 0, 0, 1]]             # target 2 is not top anywhere
+    assert d.target_response[0, 0] == 3.0 and d.target_response[0, 4].isnan()
+    y = torch.tensor([[[1.0], [4.0], [2.0]]])
+    e = clear_native.dominance(y, torch.tensor([1]))
+    assert e.rival_class.item() == 2 and e.rival_response.item() == 2.0
+    assert e.target_response.item() == 4.0
+
+
+def test_empty_inputs():
+    for shape in [(0, 3, 4, 5), (2, 3, 0, 5), (0, 1, 0)]:
+        x = torch.randn(shape)
+        d = clear_native.dominance(x)
+        assert d.dominant_class.shape == (shape[0], *shape[2:])
+        assert d.dominant_class.dtype == torch.int64 and d.dominant_response.dtype == torch.float32
+    # No classes at all: every pixel is empty.
+    d = clear_native.dominance(torch.randn(2, 0, 3, 3))
+    assert (d.dominant_class == -1).all() and d.dominant_response.isnan().all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 8, 13])
+@pytest.mark.parametrize("order", ["ascending", "shuffled", "descending"])
+def test_streaming_equals_one_call(chunk, order, dtype, device):
+    n, c = 2, 13
+    x = rand_responses((n, c, 6, 7), dtype, device, "specials")
+    target = torch.tensor([3, 12], device=device)
+    starts = list(range(0, c, chunk))
+    if order == "shuffled":
+        starts = [starts[i] for i in torch.randperm(len(starts)).tolist()]
+    elif order == "descending":
+        starts = starts[::-1]
+    state = None
+    for s in starts:
+        state = clear_native.dominance(x[:, s:s + chunk], target, state=state, class_offset=s,
+                                       num_classes=c)
+    assert state.num_classes == c
+    assert_same(state, reference.dominance(x, target), with_target=True)
+
+
+def test_streaming_state_checks():
+    x = torch.randn(2, 4, 5, 5)
+    d = clear_native.dominance(x)
+    with pytest.raises(ValueError, match="state is for maps of shape"):
+        clear_native.dominance(torch.randn(2, 4, 5, 6), state=d, class_offset=4)
+    with pytest.raises(ValueError, match="same target"):
+        clear_native.dominance(x, torch.tensor([0, 1]), state=d, class_offset=4)
+    with pytest.raises(ValueError, match="computed from"):
+        clear_native.dominance(x.double(), state=d, class_offset=4)
+    with pytest.raises(TypeError, match="Dominance of an earlier call"):
+        clear_native.dominance(x, state=object(), class_offset=4)
+    dt = clear_native.dominance(x, torch.tensor([0, 1]), num_classes=8)
+    with pytest.raises(ValueError, match="target differs"):
+        clear_native.dominance(x, torch.tensor([0, 2]), state=dt, class_offset=4)
+
+
+def test_bad_input_messages():
+    with pytest.raises(ValueError, match=r"\(N, C, \*spatial\).*got shape \(3, 4\)"):
+        clear_native.dominance(torch.randn(3, 4))
+    with pytest.raises(ValueError, match="1 to 3 spatial dims"):
+        clear_native.dominance(torch.randn(1, 2, 3, 4, 5, 6))
+    with pytest.raises(TypeError, match="float32, float64, float16 or bfloat16, got torch.int64"):
+        clear_native.dominance(torch.ones(1, 2, 3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        clear_native.dominance([[1.0]])
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"target classes must lie in \[0, 3\), got values in \[0, 3\]"):
+        clear_native.dominance(x, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"target classes must lie in \[0, 3\)"):
+        clear_native.dominance(x, torch.tensor([-1, 0]))
+    with pytest.raises(ValueError, match=r"target must be \(N,\) = \(2,\), got shape \(3,\)"):
+        clear_native.dominance(x, torch.tensor([0, 1, 2]))
+    with pytest.raises(TypeError, match="integer class indices"):
+        clear_native.dominance(x, torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="target is on meta but responses are on cpu"):
+        clear_native.dominance(x, torch.zeros(2, dtype=torch.int64, device="meta"))
+    with pytest.raises(ValueError, match="class_offset must be an int >= 0"):
+        clear_native.dominance(x, class_offset=-1)
+
+
+def test_operator_checks_without_wrapper():
+    # The operator itself also refuses bad input with a clear message.
+    op = torch.ops.clear_native.dominance
+    with pytest.raises(RuntimeError, match="responses must be \\(N, C, \\*spatial\\)"):
+        op(torch.randn(3, 4))
+    with pytest.raises(RuntimeError, match="float32, float64, float16 or bfloat16, got Int"):
+        op(torch.ones(1, 2, 3, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="state is for a different shape"):
+        op(torch.randn(1, 2, 3), None, torch.zeros(4, 1, 4), torch.zeros(3, 1, 4, dtype=torch.int64))
+
+
+def test_cuda_tensor_on_cpu_build_is_refused():
+    if clear_native.build_info()["cuda"]:
+        pytest.skip("this build has CUDA kernels")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device to make a CUDA tensor")
+    with pytest.raises(RuntimeError, match="built without CUDA"):
+        clear_native.dominance(torch.randn(1, 2, 3, device="cuda"))
+
+
+def test_runner_up_and_weakest_can_be_skipped():
+    x = torch.randn(2, 6, 5, 5)
+    d = clear_native.dominance(x, runner_up=False, weakest=False)
+    r = reference.dominance(x)
+    assert torch.equal(d.dominant_class, r.dominant_class)
+    assert (d.runner_up_class == -1).all() and (d.weakest_class == -1).all()
+
+
+def test_opcheck():
+    # opcheck compares outputs without equal_nan, so every plane must be filled:
+    # a target (else its plane is NaN) and at least two classes.
+    x = torch.randn(2, 5, 6, 7)
+    t = torch.tensor([1, 4])
+    op = torch.ops.clear_native.dominance.default
+    torch.library.opcheck(op, (x, t))
+    torch.library.opcheck(op, (x.half(), t))
+    torch.library.opcheck(op, (x.transpose(2, 3), t))
+    t = torch.tensor([1, 2])
+    v, i = op(x[:, :3], t)
+    torch.library.opcheck(op, (x[:, 3:], t, v, i, 3, True, True, False))
+    torch.library.opcheck(op, (x[:, :2], t, v, i, 0, False))
+
+
+def test_torch_compile_fullgraph():
+    def f(x, t):
+        d = clear_native.dominance(x, t)
+        return d.dominant_class, d.dominant_response * 2, d.rival_class
+
+    x = torch.randn(2, 7, 9, 9)
+    t = torch.tensor([0, 6])
+    compiled = torch.compile(f, fullgraph=True, backend="inductor")
+    for got, want in zip(compiled(x, t), f(x, t)):
+        torch.testing.assert_close(got, want, equal_nan=True)
+
+
+def test_result_object_helpers():
+    x = torch.randn(2, 4, 3, 3)
+    d = clear_native.dominance(x, torch.tensor([1, 2]))
+    arrays = d.numpy()
+    assert arrays["dominant_class"].shape == (2, 3, 3) and "state_values" not in arrays
+    moved = d.to(torch.float64)
+    assert moved.dominant_response.dtype == torch.float64
+    assert d.cpu().dominant_class.device.type == "cpu"
+
+
+def test_baseline_simd_build_matches_reference():
+    """The scalar (non-AVX2) CPU bodies, forced through the environment."""
+    code = (
+        "import torch, clear_native\n"
+        "from clear_native import reference\n"
+        "assert clear_native.build_info()['cpu_capability'] == 'default'\n"
+        "torch.manual_seed(0)\n"
+        "for dt in (torch.float32, torch.float64, torch.float16, torch.bfloat16):\n"
+        "    x = torch.randint(0, 4, (2, 19, 9, 37)).to(dt)\n"
+        "    x[torch.rand(x.shape) < 0.1] = float('nan')\n"
+        "    t = torch.tensor([0, 18])\n"
+        "    a, b = clear_native.dominance(x, t), reference.dominance(x, t)\n"
+        "    for f in ('dominant_class', 'dominant_response', 'runner_up_class', 'runner_up_response',\n"
+        "              'weakest_class', 'weakest_response', 'target_response', 'rival_class'):\n"
+        "        torch.testing.assert_close(getattr(a, f), getattr(b, f), rtol=0, atol=0, equal_nan=True)\n"
+        "print('ok')\n")
+    env = dict(os.environ, CLEAR_NATIVE_CPU_CAPABILITY="default")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
