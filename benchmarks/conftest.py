@@ -11,32 +11,36 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _child(fn, conn):
+def _child(make_inputs, fn, conn):
+    inputs = make_inputs()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Touch the baseline pages so the peak below counts only what fn adds.
-    fn()
+    fn(*inputs)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    conn.send((peak - base) / 1024.0)
+    conn.send(max(peak - base, 0) / 1024.0)
     conn.close()
 
 
-def peak_memory_mib(fn, device: str = "cpu") -> float:
-    """Extra peak memory (MiB) of one call of ``fn``.
+def peak_memory_mib(make_inputs, fn, device: str = "cpu") -> float:
+    """Extra peak memory (MiB) of one call ``fn(*make_inputs())``.
 
-    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the growth of the peak
-    resident set of a forked process that makes just that call (inputs already
-    exist before the fork, so they are not counted).
+    ``make_inputs`` and ``fn`` must be module-level functions (or partials of
+    them). CUDA: ``torch.cuda.max_memory_allocated`` around the call. CPU: the
+    growth of the peak resident set of a fresh (spawned) process, from after
+    its inputs are made to after its first call -- the memory the call needs
+    beyond its inputs (plus a few MiB of one-time set-up such as thread pools).
     """
     if device == "cuda":
+        inputs = make_inputs()
+        fn(*inputs)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        fn()
+        fn(*inputs)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(fn, child))
+    proc = ctx.Process(target=_child, args=(make_inputs, fn, child))
     proc.start()
     value = parent.recv()
     proc.join()
@@ -47,5 +51,5 @@ def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="no CUDA device")
         for item in items:
-            if "cuda" in item.keywords or "[cuda" in item.nodeid or "-cuda" in item.nodeid:
+            if "cuda" in item.keywords:
                 item.add_marker(skip)

@@ -2,7 +2,8 @@
 from clear_native import _ops  # noqa: F401  (loads the extension, registers fake kernels)
 from clear_native._ops import build_info
 from clear_native.dominance import Dominance, dominance
+from clear_native.project import project_dominance
 
 __version__ = "0.1.0"
 
-__all__ = ["Dominance", "dominance", "build_info", "__version__"]
+__all__ = ["Dominance", "dominance", "project_dominance", "build_info", "__version__"]

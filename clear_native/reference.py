@@ -51,3 +51,29 @@ def dominance(responses: torch.Tensor, target: torch.Tensor | None = None) -> Do
         result.rival_class, result.rival_response = _masked_arg_extreme(
             x, valid & not_target, largest=True)
     return result
+
+
+def class_maps(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """Per-class response maps of a linear head applied at every location.
+
+    ``features`` (N, K, h, w), ``weight`` (C, K), ``bias`` (C,) -> (N, C, h, w):
+    ``W[c] . F[:, i, j] + b[c]``.
+    """
+    maps = torch.einsum("nkhw,ck->nchw", features, weight)
+    if bias is not None:
+        maps = maps + bias.view(1, -1, 1, 1)
+    return maps
+
+
+def project_dominance(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                      *, size, mode: str = "bilinear", align_corners: bool = False,
+                      target: torch.Tensor | None = None) -> Dominance:
+    """Reference for :func:`clear_native.project_dominance`: materialises the
+    (N, C, H, W) upsampled class maps, then takes their dominance."""
+    import torch.nn.functional as F
+
+    maps = class_maps(features, weight, bias)
+    kwargs = {} if mode == "nearest" else {"align_corners": align_corners}
+    up = F.interpolate(maps, size=tuple(size), mode=mode, **kwargs)
+    return dominance(up, target)
