@@ -74,3 +74,8 @@ inline Mask8 operator!=(Vec8f a, Vec8f b) {
   return {_mm256_castps_si256(_mm256_cmp_ps(a.v, b.v, _CMP_NEQ_UQ))};
 }
 }  // namespace clear_native::cpu::avx2
+
+namespace clear_native::cpu::avx2 {
+inline Vec8f operator+(Vec8f a, Vec8f b) { return {_mm256_add_ps(a.v, b.v)}; }
+inline Vec8f operator*(Vec8f a, Vec8f b) { return {_mm256_mul_ps(a.v, b.v)}; }
+}  // namespace clear_native::cpu::avx2

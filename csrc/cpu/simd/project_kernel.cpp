@@ -1,0 +1,310 @@
+// CPU kernel of clear_native::upsample_dominance: the dominance of the
+// bilinearly (or nearest-) upsampled class maps, without materialising them.
+// Compiled once per CPU capability (see CMakeLists.txt).
+//
+// Work item: one image and one block of output rows that share their source
+// rows (a row of low-resolution cells). For each cell of that row, the classes
+// that cannot be best, runner-up or weakest anywhere in the cell are pruned
+// once (project_element.h), then the output pixels of the cell evaluate only
+// the survivors, 8 pixels per AVX2 register for float.
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include <torch/csrc/stable/ops.h>
+#include <torch/headeronly/core/ScalarType.h>
+
+#include "cpu/cpu_dispatch.h"
+#include "dominance_element.h"
+#include "project.h"
+#include "project_element.h"
+
+#if defined(__AVX2__) && defined(__F16C__)
+#include "cpu/vec_avx2.h"
+#define CN_HAVE_VEC8 1
+#endif
+
+#ifndef CLEAR_NATIVE_CPU_CAPABILITY
+#error "CLEAR_NATIVE_CPU_CAPABILITY must be defined by the build"
+#endif
+
+namespace clear_native::cpu::CLEAR_NATIVE_CPU_CAPABILITY {
+namespace {
+
+// Running slots of a run of output pixels (one row of one cell).
+template <typename A>
+struct Slots {
+  std::vector<A> v1, v2, vm;
+  std::vector<int32_t> i1, i2, im;
+  void resize(int64_t n) {
+    v1.resize(n), v2.resize(n), vm.resize(n), i1.resize(n), i2.resize(n), im.resize(n);
+  }
+};
+
+// Survivors of one cell: class ids and their 4 corners.
+template <typename A>
+struct Survivors {
+  std::vector<int32_t> cls;
+  std::vector<A> a, b, c, d;
+  void clear() { cls.clear(), a.clear(), b.clear(), c.clear(), d.clear(); }
+  void push(int32_t k, A va, A vb, A vc, A vd) {
+    cls.push_back(k), a.push_back(va), b.push_back(vb), c.push_back(vc), d.push_back(vd);
+  }
+  int64_t size() const { return static_cast<int64_t>(cls.size()); }
+};
+
+template <typename A, bool kOrdered>
+CN_INLINE void min_update(A& vm, int32_t& im, A v, int32_t c) {
+  const auto bm = beats_min<kOrdered>(v, c, vm, im);
+  vm = select(bm, v, vm);
+  im = select(bm, c, im);
+}
+
+template <typename A, bool kOrdered, bool kRunnerUp, bool kWeakest>
+struct Worker {
+  const UpsampleDominanceArgs& a;
+  const A* maps;
+  const A* row_l0;
+  const A* row_l1;
+  const A* col_w0;
+  const A* col_w1;
+  const A* sv;
+  A* ov;
+  int64_t plane;  // N * H * W
+  Slots<A> s;
+  Survivors<A> smax, smin;
+  std::vector<A> lo, hi;
+
+  explicit Worker(const UpsampleDominanceArgs& args)
+      : a(args),
+        maps(static_cast<const A*>(args.maps)),
+        row_l0(static_cast<const A*>(args.row_l0)),
+        row_l1(static_cast<const A*>(args.row_l1)),
+        col_w0(static_cast<const A*>(args.col_w0)),
+        col_w1(static_cast<const A*>(args.col_w1)),
+        sv(static_cast<const A*>(args.state_values)),
+        ov(static_cast<A*>(args.out_values)),
+        plane(args.N * args.H * args.W) {
+    s.resize(args.W);
+  }
+
+  // Slots of output pixels [o, o + len) from the state, or empty.
+  void load(int64_t o, int64_t len) {
+    const int64_t* si = a.state_indices;
+    for (int64_t p = 0; p < len; ++p) {
+      if (sv != nullptr) {
+        slot_load<kOrdered, true>(sv[kTop1Value * plane + o + p], si[kTop1Index * plane + o + p], s.v1[p], s.i1[p]);
+        slot_load<kOrdered, true>(sv[kTop2Value * plane + o + p], si[kTop2Index * plane + o + p], s.v2[p], s.i2[p]);
+        slot_load<kOrdered, false>(sv[kMinValue * plane + o + p], si[kMinIndex * plane + o + p], s.vm[p], s.im[p]);
+      } else {
+        s.v1[p] = s.v2[p] = empty_value<kOrdered, true, A>();
+        s.vm[p] = empty_value<kOrdered, false, A>();
+        s.i1[p] = s.i2[p] = s.im[p] = kNoClass;
+      }
+    }
+  }
+
+  void store(int64_t o, int64_t len) {
+    int64_t* oi = a.out_indices;
+    for (int64_t p = 0; p < len; ++p) {
+      slot_store<kOrdered>(s.v1[p], s.i1[p], ov[kTop1Value * plane + o + p], oi[kTop1Index * plane + o + p]);
+      slot_store<kOrdered>(s.v2[p], s.i2[p], ov[kTop2Value * plane + o + p], oi[kTop2Index * plane + o + p]);
+      slot_store<kOrdered>(s.vm[p], s.im[p], ov[kMinValue * plane + o + p], oi[kMinIndex * plane + o + p]);
+    }
+  }
+
+  // Finds the survivors of the cell with corners (i0, i1) x (j0, j1).
+  void prune_cell(const A* m, int64_t i0, int64_t i1, int64_t j0, int64_t j1, bool prune) {
+    const int64_t C = a.C, hw = a.h * a.w;
+    const int32_t offset = static_cast<int32_t>(a.class_offset);
+    smax.clear();
+    smin.clear();
+    const int64_t k00 = i0 * a.w + j0, k01 = i0 * a.w + j1, k10 = i1 * a.w + j0, k11 = i1 * a.w + j1;
+    if (!prune) {
+      for (int64_t c = 0; c < C; ++c) {
+        const A* mc = m + c * hw;
+        smax.push(offset + static_cast<int32_t>(c), mc[k00], mc[k01], mc[k10], mc[k11]);
+      }
+      if (kWeakest) smin = smax;
+      return;
+    }
+    lo.resize(C), hi.resize(C);
+    const A ninf = -std::numeric_limits<A>::infinity();
+    A t1 = ninf, t2 = ninf, bmin = std::numeric_limits<A>::infinity();
+    for (int64_t c = 0; c < C; ++c) {
+      const A* mc = m + c * hw;
+      corner_bounds(mc[k00], mc[k01], mc[k10], mc[k11], lo[c], hi[c]);
+      keep_top2(lo[c], t1, t2);
+      bmin = hi[c] < bmin ? hi[c] : bmin;
+    }
+    const A threshold = kRunnerUp ? t2 : t1;
+    for (int64_t c = 0; c < C; ++c) {
+      const A* mc = m + c * hw;
+      if (!below_everywhere(hi[c], threshold))
+        smax.push(offset + static_cast<int32_t>(c), mc[k00], mc[k01], mc[k10], mc[k11]);
+      if (kWeakest && !above_everywhere(lo[c], bmin))
+        smin.push(offset + static_cast<int32_t>(c), mc[k00], mc[k01], mc[k10], mc[k11]);
+    }
+  }
+
+  // Folds the survivors into output pixels x in [x0, x1) of one row.
+  void eval_row(A l0, A l1, int64_t x0, int64_t x1) {
+    const int64_t len = x1 - x0;
+    int64_t p = 0;
+#ifdef CN_HAVE_VEC8
+    if constexpr (std::is_same_v<A, float>) {
+      using avx2::Vec8f;
+      using avx2::Vec8i;
+      using avx2::load8;
+      using avx2::set1;
+      using avx2::store8;
+      const Vec8f vl0 = set1(l0), vl1 = set1(l1);
+      for (; p + 8 <= len; p += 8) {
+        const Vec8f w0 = load8(col_w0 + x0 + p), w1 = load8(col_w1 + x0 + p);
+        Vec8f a1 = load8(s.v1.data() + p), a2 = load8(s.v2.data() + p), am = load8(s.vm.data() + p);
+        Vec8i j1 = load8(s.i1.data() + p), j2 = load8(s.i2.data() + p), jm = load8(s.im.data() + p);
+        for (int64_t k = 0; k < smax.size(); ++k) {
+          const Vec8f v = bilerp(set1(smax.a[k]), set1(smax.b[k]), set1(smax.c[k]), set1(smax.d[k]),
+                                 w0, w1, vl0, vl1);
+          dominance_update<kOrdered, kRunnerUp, false>(a1, j1, a2, j2, am, jm, v, set1(smax.cls[k]));
+        }
+        if constexpr (kWeakest) {
+          for (int64_t k = 0; k < smin.size(); ++k) {
+            const Vec8f v = bilerp(set1(smin.a[k]), set1(smin.b[k]), set1(smin.c[k]), set1(smin.d[k]),
+                                   w0, w1, vl0, vl1);
+            const Vec8i ck = set1(smin.cls[k]);
+            const auto bm = beats_min<kOrdered>(v, ck, am, jm);
+            am = select(bm, v, am);
+            jm = select(bm, ck, jm);
+          }
+        }
+        store8(s.v1.data() + p, a1), store8(s.v2.data() + p, a2), store8(s.vm.data() + p, am);
+        store8(s.i1.data() + p, j1), store8(s.i2.data() + p, j2), store8(s.im.data() + p, jm);
+      }
+    }
+#endif
+    for (; p < len; ++p) {
+      const A w0 = col_w0[x0 + p], w1 = col_w1[x0 + p];
+      for (int64_t k = 0; k < smax.size(); ++k) {
+        const A v = bilerp(smax.a[k], smax.b[k], smax.c[k], smax.d[k], w0, w1, l0, l1);
+        dominance_update<kOrdered, kRunnerUp, false>(s.v1[p], s.i1[p], s.v2[p], s.i2[p], s.vm[p],
+                                                     s.im[p], v, smax.cls[k]);
+      }
+      if constexpr (kWeakest) {
+        for (int64_t k = 0; k < smin.size(); ++k) {
+          const A v = bilerp(smin.a[k], smin.b[k], smin.c[k], smin.d[k], w0, w1, l0, l1);
+          min_update<A, kOrdered>(s.vm[p], s.im[p], v, smin.cls[k]);
+        }
+      }
+    }
+  }
+
+  // Target plane for output pixels [o, o + len) of row y, columns [x0, x1).
+  void target_row(int64_t n, int64_t y, int64_t x0, int64_t x1, int64_t o) {
+    A* tv = ov + kTargetValue * plane + o;
+    const int64_t len = x1 - x0;
+    const int64_t tc = a.target != nullptr ? a.target[n] - a.class_offset : -1;
+    if (tc >= 0 && tc < a.C) {
+      const A* m = maps + (n * a.C + tc) * a.h * a.w;
+      if (a.mode == InterpMode::kNearest) {
+        const A* r = m + a.row0[y] * a.w;
+        for (int64_t p = 0; p < len; ++p) tv[p] = r[a.col0[x0 + p]];
+      } else {
+        const A* r0 = m + a.row0[y] * a.w;
+        const A* r1 = m + a.row1[y] * a.w;
+        const A l0 = row_l0[y], l1 = row_l1[y];
+        for (int64_t p = 0; p < len; ++p) {
+          const int64_t x = x0 + p;
+          tv[p] = bilerp(r0[a.col0[x]], r0[a.col1[x]], r1[a.col0[x]], r1[a.col1[x]], col_w0[x],
+                         col_w1[x], l0, l1);
+        }
+      }
+    } else if (sv != nullptr) {
+      for (int64_t p = 0; p < len; ++p) tv[p] = sv[kTargetValue * plane + o + p];
+    } else {
+      for (int64_t p = 0; p < len; ++p) tv[p] = std::numeric_limits<A>::quiet_NaN();
+    }
+  }
+
+  // Nearest: every output pixel of a cell copies one source pixel, so the
+  // class loop runs once per cell and its slots are merged into each pixel.
+  void nearest_cell(const A* m, int64_t i, int64_t j, int64_t x0, int64_t x1) {
+    const int64_t hw = a.h * a.w, k = i * a.w + j;
+    const int32_t offset = static_cast<int32_t>(a.class_offset);
+    A c1 = empty_value<kOrdered, true, A>(), c2 = c1, cm = empty_value<kOrdered, false, A>();
+    int32_t k1 = kNoClass, k2 = kNoClass, km = kNoClass;
+    for (int64_t c = 0; c < a.C; ++c)
+      dominance_update<kOrdered, kRunnerUp, kWeakest>(c1, k1, c2, k2, cm, km, m[c * hw + k],
+                                                      offset + static_cast<int32_t>(c));
+    for (int64_t p = x0; p < x1; ++p) {
+      const int64_t q = p - x0;
+      dominance_update<kOrdered, kRunnerUp, false>(s.v1[q], s.i1[q], s.v2[q], s.i2[q], s.vm[q],
+                                                   s.im[q], c1, k1);
+      if constexpr (kRunnerUp)
+        dominance_update<kOrdered, kRunnerUp, false>(s.v1[q], s.i1[q], s.v2[q], s.i2[q], s.vm[q],
+                                                     s.im[q], c2, k2);
+      if constexpr (kWeakest) min_update<A, kOrdered>(s.vm[q], s.im[q], cm, km);
+    }
+  }
+
+  // One image, one block of rows.
+  void run(int64_t n, int64_t rb) {
+    const int64_t y_begin = a.row_block_start[rb], y_end = a.row_block_start[rb + 1];
+    const A* m = maps + n * a.C * a.h * a.w;
+    const int64_t i0 = a.row0[y_begin], i1 = a.row1[y_begin];
+    for (int64_t cb = 0; cb < a.num_col_blocks; ++cb) {
+      const int64_t x0 = a.col_block_start[cb], x1 = a.col_block_start[cb + 1];
+      const int64_t j0 = a.col0[x0], j1 = a.col1[x0];
+      const bool bilinear = a.mode == InterpMode::kBilinear;
+      if (bilinear) {
+        // Pruning pays when the cell has enough pixels to amortise it.
+        const bool prune = a.prune && (y_end - y_begin) * (x1 - x0) >= 4 && a.C > 2;
+        prune_cell(m, i0, i1, j0, j1, prune);
+      }
+      for (int64_t y = y_begin; y < y_end; ++y) {
+        const int64_t o = (n * a.H + y) * a.W + x0;
+        load(o, x1 - x0);
+        if (bilinear) eval_row(row_l0[y], row_l1[y], x0, x1);
+        else nearest_cell(m, i0, j0, x0, x1);
+        store(o, x1 - x0);
+        target_row(n, y, x0, x1, o);
+      }
+    }
+  }
+};
+
+template <typename A, bool kOrdered, bool kRunnerUp, bool kWeakest>
+void run_all(const UpsampleDominanceArgs& a) {
+  const int64_t items = a.N * a.num_row_blocks;
+  // Cost of one item ~ C * pixels of a row block; aim at GRAIN_SIZE elements.
+  const int64_t per_item = std::max<int64_t>(1, a.C * (a.H / std::max<int64_t>(1, a.num_row_blocks)) * a.W);
+  const int64_t grain = std::max<int64_t>(1, 32768 / per_item);
+  torch::stable::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
+    Worker<A, kOrdered, kRunnerUp, kWeakest> worker(a);
+    for (int64_t t = begin; t < end; ++t) worker.run(t / a.num_row_blocks, t % a.num_row_blocks);
+  });
+}
+
+template <typename A, bool kOrdered>
+void run_flags(const UpsampleDominanceArgs& a) {
+  if (a.runner_up && a.weakest) return run_all<A, kOrdered, true, true>(a);
+  if (a.runner_up) return run_all<A, kOrdered, true, false>(a);
+  if (a.weakest) return run_all<A, kOrdered, false, true>(a);
+  return run_all<A, kOrdered, false, false>(a);
+}
+
+template <typename A>
+void run_typed(const UpsampleDominanceArgs& a) {
+  if (a.ordered) return run_flags<A, true>(a);
+  return run_flags<A, false>(a);
+}
+
+}  // namespace
+
+void upsample_dominance_kernel(const UpsampleDominanceArgs& a) {
+  if (a.dtype == torch::headeronly::ScalarType::Double) run_typed<double>(a);
+  else run_typed<float>(a);
+}
+
+}  // namespace clear_native::cpu::CLEAR_NATIVE_CPU_CAPABILITY

@@ -1,0 +1,222 @@
+// clear_native::upsample_dominance -- schema, argument checks, coordinate
+// tables and device registration.
+//
+// Dominance (best / runner-up / weakest class, target value; streaming state
+// as in clear_native::dominance) of F.interpolate(maps, size, mode,
+// align_corners) without materialising the upsampled (N, C, H, W) tensor.
+// clear_native.project_dominance computes the low-resolution class maps with
+// torch's matmul and calls this operator.
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <torch/csrc/stable/library.h>
+
+#include "cpu/cpu_dispatch.h"
+#include "dominance_element.h"
+#include "project.h"
+#include "project_element.h"
+#include "stable_utils.h"
+
+namespace clear_native {
+namespace cpu {
+CN_CPU_DISPATCH(void, upsample_dominance_kernel, (const UpsampleDominanceArgs& a), (a))
+}  // namespace cpu
+
+namespace {
+
+// Start of each maximal run of equal keys, plus the end.
+std::vector<int64_t> run_starts(const std::vector<int64_t>& k0, const std::vector<int64_t>& k1) {
+  std::vector<int64_t> starts;
+  for (size_t i = 0; i < k0.size(); ++i)
+    if (i == 0 || k0[i] != k0[i - 1] || k1[i] != k1[i - 1]) starts.push_back(static_cast<int64_t>(i));
+  starts.push_back(static_cast<int64_t>(k0.size()));
+  return starts;
+}
+
+template <typename A>
+void axis_table(int64_t in, int64_t out, InterpMode mode, bool align_corners,
+                std::vector<int64_t>& i0, std::vector<int64_t>& i1, std::vector<A>& l0,
+                std::vector<A>& l1) {
+  i0.resize(out), i1.resize(out), l0.resize(out), l1.resize(out);
+  for (int64_t d = 0; d < out; ++d) {
+    if (mode == InterpMode::kNearest) {
+      i0[d] = i1[d] = nearest_source(d, in, out);
+      l0[d] = A(1), l1[d] = A(0);
+    } else {
+      bilinear_source<A>(d, in, out, align_corners, i0[d], i1[d], l0[d], l1[d]);
+    }
+  }
+}
+
+Tensor cpu_tensor(ScalarType dtype, int64_t n) {
+  return torch::stable::empty({n}, dtype, std::nullopt,
+                              torch::stable::Device(torch::headeronly::DeviceType::CPU));
+}
+
+std::tuple<Tensor, Tensor> upsample_dominance_impl(
+    const Tensor& maps, std::vector<int64_t> size, std::string mode_name, bool align_corners,
+    const std::optional<Tensor>& target, const std::optional<Tensor>& state_values,
+    const std::optional<Tensor>& state_indices, int64_t class_offset, bool ordered,
+    bool runner_up, bool weakest, bool prune) {
+  STD_TORCH_CHECK(maps.dim() == 4, "upsample_dominance: maps must be (N, C, h, w), got ",
+                  maps.dim(), " dims of shape ", shape_str(maps));
+  const ScalarType dt = maps.scalar_type();
+  STD_TORCH_CHECK(dt == ScalarType::Float || dt == ScalarType::Double,
+                  "upsample_dominance: maps must be float32 or float64, got ",
+                  torch::headeronly::toString(dt));
+  STD_TORCH_CHECK(size.size() == 2 && size[0] > 0 && size[1] > 0,
+                  "upsample_dominance: size must be two positive ints (H, W), got ", size.size(),
+                  " values");
+  STD_TORCH_CHECK(mode_name == "bilinear" || mode_name == "nearest",
+                  "upsample_dominance: mode must be 'bilinear' or 'nearest', got '", mode_name, "'");
+  STD_TORCH_CHECK(class_offset >= 0, "upsample_dominance: class_offset must be >= 0, got ",
+                  class_offset);
+  const int64_t N = maps.size(0), C = maps.size(1), h = maps.size(2), w = maps.size(3);
+  const int64_t H = size[0], W = size[1];
+  STD_TORCH_CHECK(N == 0 || C == 0 || (h > 0 && w > 0),
+                  "upsample_dominance: maps must have a non-empty spatial size, got ", shape_str(maps));
+  STD_TORCH_CHECK(class_offset + C < (int64_t{1} << 31),
+                  "upsample_dominance: class indices must fit in int32");
+  if (target.has_value()) {
+    STD_TORCH_CHECK(target->dim() == 1 && target->size(0) == N,
+                    "upsample_dominance: target must be (N,) = (", N, ",), got ", shape_str(*target));
+    STD_TORCH_CHECK(target->scalar_type() == ScalarType::Long,
+                    "upsample_dominance: target must be int64, got ",
+                    torch::headeronly::toString(target->scalar_type()));
+    STD_TORCH_CHECK(same_device(*target, maps), "upsample_dominance: target is on ",
+                    device_str(*target), " but maps are on ", device_str(maps));
+  }
+  STD_TORCH_CHECK(state_values.has_value() == state_indices.has_value(),
+                  "upsample_dominance: state_values and state_indices must be given together");
+  const std::vector<int64_t> vshape{kNumValuePlanes, N, H, W}, ishape{kNumIndexPlanes, N, H, W};
+  if (state_values.has_value()) {
+    STD_TORCH_CHECK(sizes_vec(*state_values) == vshape && sizes_vec(*state_indices) == ishape,
+                    "upsample_dominance: state is for a different shape: state values ",
+                    shape_str(*state_values), ", expected (4, ", N, ", ", H, ", ", W, ")");
+    STD_TORCH_CHECK(state_values->scalar_type() == dt &&
+                        state_indices->scalar_type() == ScalarType::Long,
+                    "upsample_dominance: state dtypes must be ", torch::headeronly::toString(dt),
+                    " and int64");
+    STD_TORCH_CHECK(same_device(*state_values, maps) && same_device(*state_indices, maps),
+                    "upsample_dominance: state is on another device than the maps");
+  }
+
+  Tensor out_v = torch::stable::new_empty(maps, vshape, dt);
+  Tensor out_i = torch::stable::new_empty(maps, ishape, ScalarType::Long);
+  if (N == 0) return {out_v, out_i};
+  if (C == 0) {
+    if (state_values.has_value()) {
+      torch::stable::copy_(out_v, *state_values);
+      torch::stable::copy_(out_i, *state_indices);
+    } else {
+      torch::stable::fill_(out_v, std::numeric_limits<double>::quiet_NaN());
+      torch::stable::fill_(out_i, -1);
+    }
+    return {out_v, out_i};
+  }
+
+  const InterpMode mode = mode_name == "nearest" ? InterpMode::kNearest : InterpMode::kBilinear;
+  // Coordinate tables, computed once on the host in the maps' precision.
+  std::vector<int64_t> r0, r1, c0, c1;
+  Tensor ftab = cpu_tensor(dt, 2 * H + 2 * W);
+  if (dt == ScalarType::Float) {
+    std::vector<float> rl0, rl1, cw0, cw1;
+    axis_table<float>(h, H, mode, align_corners, r0, r1, rl0, rl1);
+    axis_table<float>(w, W, mode, align_corners, c0, c1, cw0, cw1);
+    float* f = static_cast<float*>(ftab.mutable_data_ptr());
+    std::copy(rl0.begin(), rl0.end(), f);
+    std::copy(rl1.begin(), rl1.end(), f + H);
+    std::copy(cw0.begin(), cw0.end(), f + 2 * H);
+    std::copy(cw1.begin(), cw1.end(), f + 2 * H + W);
+  } else {
+    std::vector<double> rl0, rl1, cw0, cw1;
+    axis_table<double>(h, H, mode, align_corners, r0, r1, rl0, rl1);
+    axis_table<double>(w, W, mode, align_corners, c0, c1, cw0, cw1);
+    double* f = static_cast<double*>(ftab.mutable_data_ptr());
+    std::copy(rl0.begin(), rl0.end(), f);
+    std::copy(rl1.begin(), rl1.end(), f + H);
+    std::copy(cw0.begin(), cw0.end(), f + 2 * H);
+    std::copy(cw1.begin(), cw1.end(), f + 2 * H + W);
+  }
+  const std::vector<int64_t> rb = run_starts(r0, r1), cb = run_starts(c0, c1);
+  const int64_t nrb = static_cast<int64_t>(rb.size()) - 1, ncb = static_cast<int64_t>(cb.size()) - 1;
+  Tensor itab = cpu_tensor(ScalarType::Long, 2 * H + 2 * W + nrb + 1 + ncb + 1);
+  {
+    int64_t* p = static_cast<int64_t*>(itab.mutable_data_ptr());
+    const std::vector<const std::vector<int64_t>*> parts{&r0, &r1, &c0, &c1, &rb, &cb};
+    for (const auto* v : parts) p = std::copy(v->begin(), v->end(), p);
+  }
+  if (!maps.is_cpu()) {
+    ftab = torch::stable::to(ftab, maps.device());
+    itab = torch::stable::to(itab, maps.device());
+  }
+
+  Tensor x = torch::stable::contiguous(maps);
+  std::optional<Tensor> tgt, sv, si;
+  if (target.has_value()) tgt = torch::stable::contiguous(*target);
+  if (state_values.has_value()) {
+    sv = torch::stable::contiguous(*state_values);
+    si = torch::stable::contiguous(*state_indices);
+  }
+  const int64_t* it = static_cast<const int64_t*>(itab.const_data_ptr());
+  const char* ft = static_cast<const char*>(ftab.const_data_ptr());
+  const size_t es = ftab.element_size();
+
+  UpsampleDominanceArgs a;
+  a.maps = x.const_data_ptr();
+  a.dtype = dt;
+  a.N = N, a.C = C, a.h = h, a.w = w, a.H = H, a.W = W;
+  a.mode = mode;
+  a.align_corners = align_corners;
+  a.row0 = it, a.row1 = it + H, a.col0 = it + 2 * H, a.col1 = it + 2 * H + W;
+  a.row_block_start = it + 2 * H + 2 * W;
+  a.col_block_start = a.row_block_start + nrb + 1;
+  a.num_row_blocks = nrb, a.num_col_blocks = ncb;
+  a.row_l0 = ft, a.row_l1 = ft + es * H, a.col_w0 = ft + es * 2 * H, a.col_w1 = ft + es * (2 * H + W);
+  a.class_offset = class_offset;
+  a.target = tgt ? static_cast<const int64_t*>(tgt->const_data_ptr()) : nullptr;
+  a.state_values = sv ? sv->const_data_ptr() : nullptr;
+  a.state_indices = si ? static_cast<const int64_t*>(si->const_data_ptr()) : nullptr;
+  a.out_values = out_v.mutable_data_ptr();
+  a.out_indices = static_cast<int64_t*>(out_i.mutable_data_ptr());
+  a.ordered = ordered || !state_values.has_value();
+  a.runner_up = runner_up;
+  a.weakest = weakest;
+  a.prune = prune;
+
+  if (maps.is_cpu()) {
+    cpu::upsample_dominance_kernel_dispatch(a);
+  } else {
+#ifdef CLEAR_NATIVE_WITH_CUDA
+    torch::stable::accelerator::DeviceGuard guard(maps.get_device_index());
+    auto stream = torch::stable::accelerator::getCurrentStream(maps.get_device_index());
+    cuda::upsample_dominance_kernel(a, stream.nativeHandle());
+#else
+    STD_TORCH_CHECK(false, "upsample_dominance: clear_native was built without CUDA");
+#endif
+  }
+  return {out_v, out_i};
+}
+
+}  // namespace
+}  // namespace clear_native
+
+STABLE_TORCH_LIBRARY_FRAGMENT(clear_native, m) {
+  m.def(
+      "upsample_dominance(Tensor maps, int[] size, str mode=\"bilinear\", "
+      "bool align_corners=False, Tensor? target=None, Tensor? state_values=None, "
+      "Tensor? state_indices=None, int class_offset=0, bool ordered=False, "
+      "bool runner_up=True, bool weakest=True, bool prune=True) -> (Tensor values, Tensor indices)");
+}
+
+STABLE_TORCH_LIBRARY_IMPL(clear_native, CPU, m) {
+  m.impl("upsample_dominance", TORCH_BOX(&clear_native::upsample_dominance_impl));
+}
+
+#ifdef CLEAR_NATIVE_WITH_CUDA
+STABLE_TORCH_LIBRARY_IMPL(clear_native, CUDA, m) {
+  m.impl("upsample_dominance", TORCH_BOX(&clear_native::upsample_dominance_impl));
+}
+#endif

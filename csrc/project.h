@@ -1,0 +1,58 @@
+// Raw-pointer interface between the upsample_dominance front end
+// (csrc/project.cpp) and its CPU / CUDA kernels.
+#pragma once
+
+#include <cstdint>
+
+#include <torch/headeronly/core/ScalarType.h>
+
+#include "project_element.h"
+
+namespace clear_native {
+
+struct UpsampleDominanceArgs {
+  // Low-resolution class maps (N, C, h, w), contiguous, float or double.
+  const void* maps = nullptr;
+  torch::headeronly::ScalarType dtype = torch::headeronly::ScalarType::Float;
+  int64_t N = 0, C = 0, h = 0, w = 0, H = 0, W = 0;
+  InterpMode mode = InterpMode::kBilinear;
+  bool align_corners = false;
+  // Per output row / column: source indices and weights (bilinear), or the
+  // source index in *0 (nearest). Host or device memory as the kernel needs.
+  const int64_t* row0 = nullptr;
+  const int64_t* row1 = nullptr;
+  const int64_t* col0 = nullptr;
+  const int64_t* col1 = nullptr;
+  const void* row_l0 = nullptr;  // (H,) in the maps' dtype
+  const void* row_l1 = nullptr;
+  const void* col_w0 = nullptr;  // (W,)
+  const void* col_w1 = nullptr;
+  // Cells: maximal runs of output rows / columns sharing their source indices.
+  // row_block_start has num_row_blocks + 1 entries (last = H); same for columns.
+  const int64_t* row_block_start = nullptr;
+  const int64_t* col_block_start = nullptr;
+  int64_t num_row_blocks = 0, num_col_blocks = 0;
+  int64_t class_offset = 0;
+  const int64_t* target = nullptr;  // (N,) or null
+  const void* state_values = nullptr;
+  const int64_t* state_indices = nullptr;
+  void* out_values = nullptr;  // (4, N, H, W)
+  int64_t* out_indices = nullptr;  // (3, N, H, W)
+  bool ordered = true;
+  bool runner_up = true;
+  bool weakest = true;
+  // Pruning on/off (off: every class at every pixel; used by tests).
+  bool prune = true;
+};
+
+namespace cpu {
+void upsample_dominance_kernel(const UpsampleDominanceArgs& args);
+}  // namespace cpu
+
+#ifdef CLEAR_NATIVE_WITH_CUDA
+namespace cuda {
+void upsample_dominance_kernel(const UpsampleDominanceArgs& args, void* stream);
+}  // namespace cuda
+#endif
+
+}  // namespace clear_native

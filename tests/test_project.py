@@ -1,0 +1,258 @@
+"""clear_native.project_dominance (fused class projection + upsample + dominance)
+against the plain-PyTorch reference, and the pruning's exactness."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import clear_native
+from clear_native import reference
+from conftest import DEVICES
+
+op = torch.ops.clear_native.upsample_dominance.default
+PLANE_FIELDS = [("dominant_class", "dominant_response"), ("runner_up_class", "runner_up_response")]
+
+
+def upsampled(features, weight, bias, size, mode, align_corners):
+    maps = reference.class_maps(features.double(), weight.double(), None if bias is None else bias.double())
+    kwargs = {} if mode == "nearest" else {"align_corners": align_corners}
+    return F.interpolate(maps, size=size, mode=mode, **kwargs)
+
+
+def assert_valid_choice(got_cls, got_val, ref_maps, want_cls, want_val, *, largest, tol):
+    """The native choice is a true extreme up to rounding: its class's reference
+    value is within tol of the reference extreme, and where the reference's
+    extreme is not a near-tie the classes agree."""
+    got_cls, got_val = got_cls.cpu(), got_val.cpu().double()
+    valid = want_cls >= 0
+    assert torch.equal(got_cls >= 0, valid)
+    picked = ref_maps.gather(1, got_cls.clamp(min=0).unsqueeze(1)).squeeze(1)
+    scale = 1 + want_val.abs()
+    assert ((picked - want_val).abs() <= tol * scale)[valid].all()
+    torch.testing.assert_close(got_val[valid], want_val[valid], rtol=tol, atol=tol)
+    # Classes strictly apart by more than tol must agree.
+    others = ref_maps.masked_fill(F.one_hot(want_cls.clamp(min=0), ref_maps.shape[1]).movedim(-1, 1).bool(),
+                                  float("-inf") if largest else float("inf"))
+    gap = (want_val - (others.amax(1) if largest else others.amin(1))).abs()
+    clear = valid & (gap > 4 * tol * scale)
+    assert torch.equal(got_cls[clear], want_cls[clear])
+
+
+def check(features, weight, bias, size, mode="bilinear", align_corners=False, target=None, tol=1e-4,
+          **kwargs):
+    got = clear_native.project_dominance(features, weight, bias, size=size, mode=mode,
+                                         align_corners=align_corners, target=target, **kwargs)
+    maps = upsampled(features.cpu(), weight.cpu(), None if bias is None else bias.cpu(), size, mode,
+                     align_corners)
+    want = reference.dominance(maps, None if target is None else target.cpu())
+    assert got.dominant_class.shape == (features.shape[0], *size)
+    assert got.dominant_response.dtype == features.dtype
+    assert_valid_choice(got.dominant_class, got.dominant_response, maps, want.dominant_class,
+                        want.dominant_response, largest=True, tol=tol)
+    assert_valid_choice(got.weakest_class, got.weakest_response, maps, want.weakest_class,
+                        want.weakest_response, largest=False, tol=tol)
+    if weight.shape[0] > 1:
+        # Runner-up: the best once the (native) winner is removed.
+        masked = maps.scatter(1, got.dominant_class.cpu().unsqueeze(1), float("-inf"))
+        want2 = reference.dominance(masked)
+        assert_valid_choice(got.runner_up_class, got.runner_up_response, masked, want2.dominant_class,
+                            want2.dominant_response, largest=True, tol=tol)
+    if target is not None:
+        torch.testing.assert_close(got.target_response.cpu().double(), want.target_response,
+                                   rtol=tol, atol=tol)
+    return got
+
+
+GEOMETRIES = [
+    # (h, w) -> (H, W)
+    ((7, 7), (28, 28)),      # the MNIST shape: x4
+    ((7, 7), (112, 112)),    # x16
+    ((5, 6), (13, 29)),      # odd, non-integer scales, non-square
+    ((9, 9), (4, 5)),        # downsampling
+    ((1, 1), (6, 7)),        # 1x1 features
+    ((1, 5), (8, 9)),        # h == 1
+    ((6, 1), (11, 3)),       # w == 1
+    ((3, 4), (3, 4)),        # same size
+    ((4, 4), (8, 8)),        # exactly x2
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
+@pytest.mark.parametrize("mode,align_corners", [("bilinear", False), ("bilinear", True), ("nearest", False)])
+def test_matches_reference(geometry, mode, align_corners, device):
+    (h, w), size = geometry
+    features = torch.randn(2, 6, h, w, device=device)
+    weight = torch.randn(10, 6, device=device)
+    bias = torch.randn(10, device=device)
+    target = torch.tensor([3, 9], device=device)
+    check(features, weight, bias, size, mode, align_corners, target)
+
+
+@pytest.mark.parametrize("c", [1, 2, 10, 1000])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_class_counts(c, with_bias):
+    features = torch.relu(torch.randn(2, 16, 5, 5))
+    weight = torch.randn(c, 16)
+    bias = torch.randn(c) if with_bias else None
+    check(features, weight, bias, (23, 19), target=torch.tensor([0, c - 1]))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float16, 2e-2), (torch.bfloat16, 5e-2)])
+def test_dtypes(dtype, tol):
+    features = torch.randn(2, 8, 4, 5).to(dtype)
+    weight = torch.randn(7, 8).to(dtype)
+    got = check(features.double(), weight.double(), None, (9, 11), tol=1e-10) if dtype == torch.float64 else None
+    got = clear_native.project_dominance(features, weight, size=(9, 11))
+    assert got.dominant_response.dtype == dtype
+    maps = upsampled(features.float(), weight.float(), None, (9, 11), "bilinear", False)
+    want = reference.dominance(maps)
+    assert_valid_choice(got.dominant_class, got.dominant_response, maps, want.dominant_class,
+                        want.dominant_response, largest=True, tol=tol)
+
+
+def test_non_contiguous_features_and_weight():
+    base = torch.randn(2, 9, 6, 8)
+    features = base.transpose(2, 3)          # (2, 9, 8, 6), not contiguous
+    weight = torch.randn(9, 12).t()          # (12, 9), not contiguous
+    check(features, weight, torch.randn(12), (17, 15))
+    check(base.contiguous(memory_format=torch.channels_last), torch.randn(5, 9), None, (12, 16))
+
+
+ADVERSARIAL = ["constant", "one_class_everywhere", "near_ties", "ramps", "specials"]
+
+
+def adversarial_maps(kind, n=2, c=12, h=5, w=6):
+    g = torch.Generator().manual_seed(1)
+    if kind == "constant":                  # every class equal everywhere: ties -> class 0
+        return torch.full((n, c, h, w), 0.5)
+    if kind == "one_class_everywhere":
+        m = torch.randn(n, c, h, w, generator=g)
+        m[:, 7] += 100
+        return m
+    if kind == "near_ties":                 # classes 1 ulp-ish apart
+        base = torch.randn(n, 1, h, w, generator=g)
+        return base + torch.arange(c).view(1, c, 1, 1) * 1e-7 * torch.randint(0, 2, (n, c, h, w), generator=g)
+    if kind == "ramps":                     # crossing linear ramps: winners change inside cells
+        y = torch.linspace(-1, 1, h).view(1, 1, h, 1)
+        x = torch.linspace(-1, 1, w).view(1, 1, 1, w)
+        a = torch.randn(n, c, 1, 1, generator=g)
+        b = torch.randn(n, c, 1, 1, generator=g)
+        return a * x + b * y + 0.01 * torch.randn(n, c, 1, 1, generator=g)
+    if kind == "specials":
+        m = torch.randint(0, 3, (n, c, h, w), generator=g).float()
+        r = torch.rand(n, c, h, w, generator=g)
+        m[r < 0.05] = float("nan")
+        m[(r > 0.05) & (r < 0.08)] = float("inf")
+        m[(r > 0.08) & (r < 0.11)] = float("-inf")
+        return m
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ADVERSARIAL)
+@pytest.mark.parametrize("mode,align_corners", [("bilinear", False), ("bilinear", True), ("nearest", False)])
+@pytest.mark.parametrize("size", [(23, 31), (3, 4)], ids=str)
+def test_pruning_is_exact(kind, mode, align_corners, size):
+    """Pruned and unpruned kernels give bit-identical results."""
+    maps = adversarial_maps(kind)
+    t = torch.tensor([2, 7])
+    pruned = op(maps, list(size), mode, align_corners, t, prune=True)
+    full = op(maps, list(size), mode, align_corners, t, prune=False)
+    for a, b in zip(pruned, full):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    if kind != "specials":  # inf * 0 weights make NaN in both; compare the rest to torch
+        kwargs = {} if mode == "nearest" else {"align_corners": align_corners}
+        want = reference.dominance(F.interpolate(maps, size=size, mode=mode, **kwargs), t)
+        values, indices = pruned
+        if kind == "one_class_everywhere":
+            assert torch.equal(indices[0], want.dominant_class)
+        if kind == "constant":
+            # Exactly tied everywhere: the lowest class wins. (torch's own
+            # F.interpolate is not channel-consistent here: its vectorised and
+            # tail paths round a constant differently by 1 ulp, so the
+            # reference's argmax is not used.)
+            assert (indices[0] == 0).all() and (indices[1] == 1).all() and (indices[2] == 0).all()
+        torch.testing.assert_close(values[0], want.dominant_response, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(values[3], want.target_response, rtol=1e-6, atol=1e-6)
+
+
+def test_constant_maps_tie_to_lowest_class():
+    d = clear_native.project_dominance(torch.ones(1, 3, 4, 4), torch.ones(5, 3), size=(16, 16))
+    assert (d.dominant_class == 0).all() and (d.runner_up_class == 1).all() and (d.weakest_class == 0).all()
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_streaming_chunks_equal_one_call(chunk, mode):
+    maps = adversarial_maps("ramps", c=10)
+    t = torch.tensor([4, 9])
+    whole = op(maps, [17, 19], mode, False, t)
+    v = i = None
+    for s in range(0, 10, chunk):
+        v, i = op(maps[:, s:s + chunk], [17, 19], mode, False, t, v, i, s, True)
+    torch.testing.assert_close(v, whole[0], rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(i, whole[1])
+
+
+def test_class_chunk_argument():
+    features = torch.relu(torch.randn(2, 8, 5, 5))
+    weight, bias = torch.randn(30, 8), torch.randn(30)
+    a = clear_native.project_dominance(features, weight, bias, size=(20, 20), class_chunk=7)
+    b = clear_native.project_dominance(features, weight, bias, size=(20, 20))
+    assert (a.dominant_class == b.dominant_class).float().mean() > 0.999
+    torch.testing.assert_close(a.dominant_response, b.dominant_response, rtol=1e-5, atol=1e-5)
+    assert a.num_classes == 30
+
+
+def test_never_materialises_the_full_tensor():
+    # (1, 20000, 512, 512) float32 would be 20 GB; the fused operator needs
+    # only the (1, 20000, 2, 2) low-resolution maps.
+    features = torch.randn(1, 4, 2, 2)
+    weight = torch.randn(20000, 4)
+    d = clear_native.project_dominance(features, weight, size=(512, 512))
+    corner = reference.class_maps(features, weight)[0, :, 0, 0]
+    assert d.dominant_class[0, 0, 0] == corner.argmax()
+
+
+def test_bad_input_messages():
+    f, w = torch.randn(2, 8, 5, 5), torch.randn(10, 8)
+    with pytest.raises(ValueError, match=r"weight has K=7 input features but features have K=8"):
+        clear_native.project_dominance(f, torch.randn(10, 7), size=(8, 8))
+    with pytest.raises(ValueError, match="size must be positive"):
+        clear_native.project_dominance(f, w, size=(0, 8))
+    with pytest.raises(ValueError, match="size must be an int or a pair"):
+        clear_native.project_dominance(f, w, size=(8, 8, 8))
+    with pytest.raises(TypeError, match="features must be a floating tensor, got torch.int64"):
+        clear_native.project_dominance(torch.ones(2, 8, 5, 5, dtype=torch.int64), w, size=8)
+    with pytest.raises(ValueError, match=r"features must be \(N, K, h, w\)"):
+        clear_native.project_dominance(torch.randn(8, 5, 5), w, size=8)
+    with pytest.raises(ValueError, match="weight is on meta but features are on cpu"):
+        clear_native.project_dominance(f, w.to("meta"), size=8)
+    with pytest.raises(ValueError, match=r"bias must be \(C,\) = \(10,\)"):
+        clear_native.project_dominance(f, w, torch.randn(9), size=8)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        clear_native.project_dominance(f, w, size=8, mode="bicubic")
+    with pytest.raises(ValueError, match=r"target classes must lie in \[0, 10\)"):
+        clear_native.project_dominance(f, w, size=8, target=torch.tensor([0, 10]))
+    with pytest.raises(RuntimeError, match="maps must be float32 or float64"):
+        op(torch.randn(1, 2, 3, 3).half(), [4, 4])
+
+
+def test_opcheck():
+    maps = torch.randn(2, 6, 4, 5)
+    t = torch.tensor([1, 4])
+    torch.library.opcheck(op, (maps, [9, 11], "bilinear", False, t))
+    torch.library.opcheck(op, (maps, [9, 11], "bilinear", True, t))
+    torch.library.opcheck(op, (maps, [9, 11], "nearest", False, t))
+    v, i = op(maps[:, :3], [9, 11], "bilinear", False, t)
+    torch.library.opcheck(op, (maps[:, 3:], [9, 11], "bilinear", False, t, v, i, 3, True))
+
+
+def test_torch_compile_fullgraph():
+    def f(features, weight, bias, t):
+        d = clear_native.project_dominance(features, weight, bias, size=(28, 28), target=t)
+        return d.dominant_class, d.dominant_response, d.rival_class
+
+    args = (torch.randn(2, 8, 7, 7), torch.randn(10, 8), torch.randn(10), torch.tensor([1, 2]))
+    compiled = torch.compile(f, fullgraph=True)
+    for got, want in zip(compiled(*args), f(*args)):
+        torch.testing.assert_close(got, want)
