@@ -11,11 +11,28 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _peak_rss_kib() -> int:
+    """High-water mark of this process's resident set (KiB).
+
+    /proc's VmHWM belongs to the current address space, so it starts afresh in
+    a spawned child; ru_maxrss would not: Linux carries the parent's resident
+    size at fork over the child's exec.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _child(make_inputs, fn, conn):
     inputs = make_inputs()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _peak_rss_kib()
     fn(*inputs)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _peak_rss_kib()
     conn.send(max(peak - base, 0) / 1024.0)
     conn.close()
 
