@@ -3,7 +3,8 @@ from clear_native import _ops  # noqa: F401  (loads the extension, registers fak
 from clear_native._ops import build_info
 from clear_native.dominance import Dominance, dominance
 from clear_native.project import project_dominance
+from clear_native.explain import Clear, ClearMaps
 
 __version__ = "0.1.0"
 
-__all__ = ["Dominance", "dominance", "project_dominance", "build_info", "__version__"]
+__all__ = ["Clear", "ClearMaps", "Dominance", "dominance", "project_dominance", "build_info", "__version__"]

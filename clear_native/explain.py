@@ -1,0 +1,553 @@
+"""CLEAR maps of an image classifier: per-class response maps -> per-pixel dominance.
+
+``Clear(model, method)`` computes one response map per class at input resolution
+(paper eq. 1-3) and reduces them, class chunk by class chunk, to the per-pixel
+dominant class and response (eq. 4-5), runner-up, weakest class and the target's
+positive / negative focus with the streaming :func:`clear_native.dominance`.
+
+Choices this module makes where the paper is silent (see ``docs`` of ``Clear``):
+
+* Back-projection = a vector-Jacobian product of the class-``c`` logit w.r.t. the
+  input, with every ReLU's backward replaced by the method's rule
+  (:mod:`clear_native._relu_rules`). Max-pool backward routes through the forward
+  switches (un-pooling), convolution backward is the transposed convolution.
+  For a GAP + linear head, class ``c``'s output unit is projected (weight row
+  ``W[c]`` spread uniformly over the feature map); for a C-kernel last conv +
+  GAP, the whole class-``c`` map is projected with uniform weight ``1/(h w)``.
+* Biases take part in the forward pass (they decide the pooling switches and the
+  ReLU masks) but are not projected backward: a transposed convolution has no
+  bias, as in Zeiler & Fergus's deconvnet.
+* Colour channels of the projection are reduced to one value per pixel by
+  ``channel_reduce``: ``"sum"`` (signed sum over channels, default), ``"max_abs"``
+  (largest absolute value over channels) or ``"l2"`` (Euclidean norm over channels).
+* ``"cam"`` class maps include the head's bias (``W[c] . f(i, j) + b[c]``; their
+  spatial mean is the logit) and are upsampled bilinearly (``align_corners=False``).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from clear_native._relu_rules import relu_rule
+from clear_native.dominance import Dominance, dominance
+from clear_native.project import project_dominance
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("deconvnet", "guided", "gradient", "cam")
+CHANNEL_REDUCE = ("sum", "max_abs", "l2")
+DEFAULT_CLASS_CHUNK = 16  # back-projection methods: classes per batched backward pass
+
+_POOL_TYPES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d)
+
+
+@dataclass
+class ClearMaps:
+    """CLEAR maps of a batch of images.
+
+    Map fields are ``(N, H, W)`` at the input's resolution; class fields are int64
+    **global** class ids (indices into the model's logits), ``-1`` where no class
+    qualifies (see :class:`clear_native.Dominance` for the tie / NaN policy).
+
+    Fields:
+        dominant_class, dominant_response: argmax / max over the considered classes.
+        runner_up_class, runner_up_response: second best class and its response.
+        weakest_class, weakest_response: argmin / min.
+        target: (N,) target classes (the prediction unless given).
+        target_response: (N, H, W) response of the target class (positive focus).
+        rival_class, rival_response: best class other than the target (negative focus).
+        prediction: (N,) predicted classes (argmax of the logits, over all classes).
+        logits: (N, C) the model's output.
+        method: the back-projection method.
+        classes: the global class ids considered: None (all C classes), a (C',)
+            tensor (``classes=`` list), or an (N, k) tensor of each image's top-k
+            classes (``classes=k``; one extra column holds the target where it is
+            not in the top-k, ``-1`` for the images that need no extra column).
+        class_maps: (N, C', H, W) per-class maps in the order of ``classes`` (all
+            classes when ``classes`` is None), only with ``keep_class_maps=True``.
+            Padded ``-1`` slots hold NaN.
+        num_classes: C, the model's number of classes.
+    """
+
+    dominant_class: torch.Tensor
+    dominant_response: torch.Tensor
+    runner_up_class: torch.Tensor
+    runner_up_response: torch.Tensor
+    weakest_class: torch.Tensor
+    weakest_response: torch.Tensor
+    target: torch.Tensor
+    target_response: torch.Tensor
+    rival_class: torch.Tensor
+    rival_response: torch.Tensor
+    prediction: torch.Tensor
+    logits: torch.Tensor
+    method: str
+    classes: torch.Tensor | None = None
+    class_maps: torch.Tensor | None = None
+    num_classes: int = 0
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.dominant_class.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.dominant_class.device
+
+    def to(self, *args, **kwargs) -> "ClearMaps":
+        """Moves every tensor field (``Tensor.to`` arguments); a dtype applies to the
+        floating point fields only (class ids stay int64)."""
+        device = torch.empty(0, device=self.device).to(*args, **kwargs).device
+        kw = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                v = v.to(*args, **kwargs) if v.dtype.is_floating_point else v.to(device)
+            kw[f.name] = v
+        return ClearMaps(**kw)
+
+    def cpu(self) -> "ClearMaps":
+        return self.to("cpu")
+
+    def numpy(self) -> dict:
+        """Every field, tensors as numpy arrays (None stays None)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+        return out
+
+    def render(self, *args, **kwargs):
+        """The CLEAR image (see :func:`clear_native.render.render`)."""
+        from clear_native.render import render
+
+        return render(self, *args, **kwargs)
+
+
+def reduce_channels(maps: torch.Tensor, rule: str, dim: int) -> torch.Tensor:
+    """Reduces the colour channels ``dim`` of back-projected maps to one value per pixel.
+
+    ``"sum"``: signed sum; ``"max_abs"``: max of absolute values; ``"l2"``: Euclidean norm.
+    """
+    if rule == "sum":
+        return maps.sum(dim)
+    if rule == "max_abs":
+        return maps.abs().amax(dim)
+    if rule == "l2":
+        return torch.linalg.vector_norm(maps, dim=dim)
+    raise ValueError(f"channel_reduce must be one of {CHANNEL_REDUCE}, got {rule!r}")
+
+
+@dataclass
+class _Head:
+    """Where the class maps of a ``"cam"`` explanation come from."""
+
+    pool: nn.Module
+    pool_name: str
+    linear: nn.Linear | None  # None: the pooled features are the logits (C-kernel conv + GAP)
+    conv: nn.Conv2d | None    # last conv before the pool (1x1 fast path), or None
+    layer: nn.Module | None   # user-named feature layer, or None (the pool's input)
+
+
+class Clear:
+    """CLEAR explainer of an image classifier ``model: (N, ch, H, W) -> (N, C)`` logits.
+
+    Args:
+        model: any ``nn.Module``; it is never modified (no hooks left, modes,
+            ``requires_grad`` flags and buffers unchanged, no ``.grad`` accumulated).
+        method: ``"deconvnet"`` (paper, Zeiler & Fergus rule: the backward signal is
+            rectified at every ReLU), ``"guided"`` (guided backprop: rectified and
+            masked by the forward activation), ``"gradient"`` (plain gradient) or
+            ``"cam"`` (class activation maps ``W[c] . f + b[c]`` at the feature map
+            entering the global average pooling, upsampled). The back-projection
+            methods need a differentiable model; ``"cam"`` needs a GAP + linear head
+            or a C-kernel last convolution + GAP.
+        layer: ``"cam"`` only: the name (as in ``model.named_modules()``) of the module
+            whose output is the feature map; default: the input of the last global
+            average pooling module.
+        channel_reduce: back-projection methods: how the input's colour channels are
+            reduced to one value per pixel: ``"sum"`` (default), ``"max_abs"``, ``"l2"``.
+        class_chunk: classes per batched backward pass (back-projection methods,
+            default 16) or per projection chunk (``"cam"``, default: the operator's).
+            Memory is O(N H W (1 + class_chunk)) beyond the model's own forward graph.
+        interpolation: ``"cam"`` upsampling mode (``"bilinear"`` or ``"nearest"``).
+    """
+
+    def __init__(self, model: nn.Module, method: str = "deconvnet", *, layer: str | None = None,
+                 channel_reduce: str = "sum", class_chunk: int | None = None,
+                 interpolation: str = "bilinear"):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Clear: model must be a torch.nn.Module, got {type(model).__name__}")
+        if method not in METHODS:
+            raise ValueError(f"Clear: method must be one of {METHODS}, got {method!r}")
+        if channel_reduce not in CHANNEL_REDUCE:
+            raise ValueError(f"Clear: channel_reduce must be one of {CHANNEL_REDUCE}, got {channel_reduce!r}")
+        if interpolation not in ("bilinear", "nearest"):
+            raise ValueError(f"Clear: interpolation must be 'bilinear' or 'nearest', got {interpolation!r}")
+        _check_chunk(class_chunk)
+        if layer is not None and method != "cam":
+            raise ValueError(f"Clear: layer= is used by method='cam' only, got method={method!r}")
+        self.model = model
+        self.method = method
+        self.channel_reduce = channel_reduce
+        self.class_chunk = class_chunk
+        self.interpolation = interpolation
+        self.layer = layer
+        self._head = _find_head(model, layer) if method == "cam" else None
+
+    def __repr__(self) -> str:
+        return (f"Clear(model={type(self.model).__name__}, method={self.method!r}, "
+                f"channel_reduce={self.channel_reduce!r}, class_chunk={self.class_chunk})")
+
+    def __call__(self, images: torch.Tensor, target: torch.Tensor | None = None, *,
+                 classes: int | list[int] | torch.Tensor | None = None,
+                 keep_class_maps: bool = False, class_chunk: int | None = None) -> ClearMaps:
+        """CLEAR maps of ``images`` (N, ch, H, W).
+
+        Args:
+            images: (N, ch, H, W) floating point, on the model's device.
+            target: (N,) class ids, or None for the predicted class.
+            classes: None (all classes), a list / 1-D tensor of global class ids, or an
+                int ``k``: each image's top-k predicted classes (plus its target when
+                the target is outside the top-k).
+            keep_class_maps: also return the (N, C', H, W) per-class maps.
+            class_chunk: overrides the constructor's ``class_chunk`` for this call.
+
+        Returns:
+            A :class:`ClearMaps`; every class field holds global class ids.
+        """
+        _check_images(images)
+        _check_chunk(class_chunk)
+        chunk = class_chunk if class_chunk is not None else self.class_chunk
+        with _preserve_state(self.model), torch.inference_mode(False):
+            if self.method == "cam":
+                return self._cam(images, target, classes, keep_class_maps, chunk)
+            return self._backproject(images, target, classes, keep_class_maps, chunk)
+
+    # -- back-projection methods ------------------------------------------------------
+
+    def _backproject(self, images, target, classes, keep, chunk) -> ClearMaps:
+        x = images.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            with relu_rule(self.method):
+                logits = self.model(x)
+            _check_logits(logits, images)
+            if not logits.requires_grad:
+                raise ValueError(
+                    f"Clear(method={self.method!r}): the model's output does not depend "
+                    "differentiably on the images; use method='cam' or a differentiable model")
+            n, c = logits.shape
+            det = logits.detach()
+            prediction = det.argmax(1)
+            target = _check_target(target, n, c, images.device, prediction)
+            table, local_target, pad = _class_table(classes, det, target)
+            count = table.shape[-1]
+            chunk = chunk or DEFAULT_CLASS_CHUNK
+            state, kept = None, []
+            for start in range(0, count, chunk):
+                stop = min(start + chunk, count)
+                ids = table[..., start:stop]                       # (B,) or (N, B)
+                ids = ids.expand(n, -1) if ids.dim() == 1 else ids  # (N, B)
+                ids = torch.where(ids < 0, target.view(-1, 1), ids)  # padded slots: any valid id
+                grad_out = torch.zeros(stop - start, n, c, dtype=logits.dtype, device=logits.device)
+                grad_out.scatter_(2, ids.t().unsqueeze(2), 1)
+                (grad,) = torch.autograd.grad(logits, x, grad_out, retain_graph=stop < count,
+                                              is_grads_batched=True)  # (B, N, ch, H, W)
+                maps = reduce_channels(grad, self.channel_reduce, 2).transpose(0, 1)  # (N, B, H, W)
+                if pad is not None:
+                    maps = maps.masked_fill(pad[:, start:stop, None, None], float("nan"))
+                state = dominance(maps, local_target, state=state, class_offset=start, num_classes=count)
+                if keep:
+                    kept.append(maps)
+                del grad, maps
+        return _result(state, table, target, prediction, det, self.method, classes,
+                       torch.cat(kept, 1) if keep else None, c)
+
+    # -- cam --------------------------------------------------------------------------
+
+    def _cam(self, images, target, classes, keep, chunk) -> ClearMaps:
+        head = self._head
+        rec: dict[str, torch.Tensor] = {}
+        handles = []
+        try:
+            handles.append(head.pool.register_forward_hook(_record(rec, "pool_in", "pool_out")))
+            if head.linear is not None:
+                handles.append(head.linear.register_forward_hook(_record(rec, "lin_in", "lin_out")))
+            if head.conv is not None:
+                handles.append(head.conv.register_forward_hook(_record(rec, "conv_in", "conv_out")))
+            if head.layer is not None:
+                handles.append(head.layer.register_forward_hook(_record(rec, None, "layer_out")))
+            with torch.no_grad():
+                logits = self.model(images)
+        finally:
+            for h in handles:
+                h.remove()
+        _check_logits(logits, images)
+        logits = logits.detach()
+        n, c = logits.shape
+        prediction = logits.argmax(1)
+        target = _check_target(target, n, c, images.device, prediction)
+        table, local_target, pad = _class_table(classes, logits, target)
+        size = tuple(images.shape[-2:])
+        weight, bias, feats, maps = self._cam_source(rec, logits)
+        count = table.shape[-1]
+
+        if maps is None and classes is None and not keep:  # the fused operator's case
+            state = project_dominance(feats, weight.to(feats.dtype),
+                                      None if bias is None else bias.to(feats.dtype),
+                                      size=size, mode=self.interpolation, target=target,
+                                      class_chunk=chunk)
+            return _result(state, table, target, prediction, logits, self.method, classes, None, c)
+        if maps is None and table.dim() == 1 and not keep:
+            state = project_dominance(feats, weight[table].to(feats.dtype),
+                                      None if bias is None else bias[table].to(feats.dtype),
+                                      size=size, mode=self.interpolation, target=local_target,
+                                      class_chunk=chunk)
+            return _result(state, table, target, prediction, logits, self.method, classes, None, c)
+
+        # General path: explicit class maps, chunk by chunk (top-k, kept maps, non-1x1 convs).
+        chunk = chunk or 64
+        state, kept = None, []
+        for start in range(0, count, chunk):
+            stop = min(start + chunk, count)
+            ids = table[..., start:stop]
+            ids = (ids.expand(n, -1) if ids.dim() == 1 else ids).clamp(min=0)  # (N, B)
+            if maps is None:
+                w = weight[ids].to(feats.dtype)                        # (N, B, K)
+                low = torch.einsum("nkhw,nbk->nbhw", feats, w)
+                if bias is not None:
+                    low = low + bias[ids].to(feats.dtype)[:, :, None, None]
+            else:
+                low = maps.gather(1, ids[:, :, None, None].expand(-1, -1, *maps.shape[2:]))
+            up = _upsample(low, size, self.interpolation)
+            if pad is not None:
+                up = up.masked_fill(pad[:, start:stop, None, None], float("nan"))
+            state = dominance(up, local_target, state=state, class_offset=start, num_classes=count)
+            if keep:
+                kept.append(up)
+        return _result(state, table, target, prediction, logits, self.method, classes,
+                       torch.cat(kept, 1) if keep else None, c)
+
+    def _cam_source(self, rec, logits):
+        """(weight (C, K), bias, features (N, K, h, w), None) for a linear / 1x1 head,
+        or (None, None, None, class maps (N, C, h, w)) for a C-kernel conv + GAP."""
+        head = self._head
+        where = f"Clear(method='cam') on {type(self.model).__name__}"
+        if "pool_in" not in rec:
+            raise ValueError(f"{where}: the pooling module {head.pool_name!r} was not called in the "
+                             "forward pass; use method='deconvnet', 'guided' or 'gradient'")
+        pool_in = rec["pool_in"]
+        if pool_in.dim() != 4:
+            raise ValueError(f"{where}: expected a (N, K, h, w) feature map entering {head.pool_name!r}, "
+                             f"got shape {tuple(pool_in.shape)}")
+        pooled = pool_in.mean((2, 3))
+        if not _close(rec["pool_out"].flatten(1), pooled):
+            raise ValueError(f"{where}: {head.pool_name!r} is not a global average pooling (output "
+                             f"{tuple(rec['pool_out'].shape)} for input {tuple(pool_in.shape)}); "
+                             "use method='deconvnet', 'guided' or 'gradient'")
+        feats = pool_in
+        if head.layer is not None:
+            feats = rec.get("layer_out")
+            if not isinstance(feats, torch.Tensor) or feats.dim() != 4 or feats.shape != pool_in.shape \
+                    or not _close(feats.mean((2, 3)), pooled):
+                raise ValueError(f"{where}: the output of layer {self.layer!r} (shape "
+                                 f"{None if not isinstance(feats, torch.Tensor) else tuple(feats.shape)}) is "
+                                 f"not the feature map pooled by {head.pool_name!r} (shape "
+                                 f"{tuple(pool_in.shape)}); name the module whose output is globally pooled")
+        if head.linear is not None:
+            lin = head.linear
+            if "lin_in" not in rec or not _close(rec["lin_in"].flatten(1), pooled) \
+                    or not _close(rec["lin_out"], logits):
+                raise ValueError(f"{where}: the logits are not linear(global_avg_pool(features)) "
+                                 "(something other than a flatten sits between the pooling and the "
+                                 "linear head, or after it); use method='deconvnet', 'guided' or 'gradient'")
+            return lin.weight.detach(), None if lin.bias is None else lin.bias.detach(), feats, None
+        # No linear head: the pooled class maps must be the logits.
+        if pooled.shape != logits.shape or not _close(pooled, logits):
+            raise ValueError(f"{where}: without a linear head the globally pooled feature map must be "
+                             f"the logits (a C-kernel last convolution + GAP); pooled shape "
+                             f"{tuple(pooled.shape)} vs logits {tuple(logits.shape)}; use "
+                             "method='deconvnet', 'guided' or 'gradient'")
+        conv = head.conv
+        out = rec.get("conv_out")
+        direct = (isinstance(out, torch.Tensor) and out.data_ptr() == pool_in.data_ptr()
+                  and out.shape == pool_in.shape and out.stride() == pool_in.stride()
+                  and out._version == rec["conv_out_version"])  # the conv's output, unchanged
+        if (conv is not None and direct and conv.kernel_size == (1, 1)
+                and conv.stride == (1, 1) and conv.groups == 1 and conv.padding in ((0, 0), "valid")
+                and conv.dilation == (1, 1) and head.layer is None):
+            w = conv.weight.detach().flatten(1)  # (C, K)
+            return w, None if conv.bias is None else conv.bias.detach(), rec["conv_in"], None
+        return None, None, None, feats
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+def _check_images(images) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"Clear: images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"Clear: images must be (N, ch, H, W), got shape {tuple(images.shape)}")
+    if not images.dtype.is_floating_point:
+        raise TypeError(f"Clear: images must be floating point, got {images.dtype}")
+
+
+def _check_chunk(chunk) -> None:
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"Clear: class_chunk must be None or an int >= 1, got {chunk!r}")
+
+
+def _check_logits(logits, images) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != images.shape[0]:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"Clear: the model must return (N, C) logits with N = {images.shape[0]}, got {got}")
+
+
+def _check_target(target, n: int, c: int, device, prediction: torch.Tensor) -> torch.Tensor:
+    if target is None:
+        return prediction
+    target = torch.as_tensor(target, device=device)
+    if target.dtype.is_floating_point or target.dtype == torch.bool:
+        raise TypeError(f"Clear: target must hold integer class ids, got {target.dtype}")
+    if target.shape != (n,):
+        raise ValueError(f"Clear: target must be (N,) = ({n},), got shape {tuple(target.shape)}")
+    target = target.to(torch.int64)
+    if n and (int(target.min()) < 0 or int(target.max()) >= c):
+        raise ValueError(f"Clear: target classes must lie in [0, {c}), got values in "
+                         f"[{int(target.min())}, {int(target.max())}]")
+    return target
+
+
+def _class_table(classes, logits: torch.Tensor, target: torch.Tensor):
+    """(table, local target, pad mask): table is (C',) shared or (N, k) per image,
+    local target indexes it, pad (N, k) marks padded slots (or None)."""
+    n, c = logits.shape
+    device = logits.device
+    if classes is None:
+        return torch.arange(c, device=device), target, None
+    if isinstance(classes, int) and not isinstance(classes, bool):
+        if not 1 <= classes <= c:
+            raise ValueError(f"Clear: classes=k must lie in [1, {c}], got {classes}")
+        table = logits.topk(classes, dim=1).indices  # (N, k), best first
+        hit = table == target.view(-1, 1)
+        missing = ~hit.any(1)
+        if bool(missing.any()):  # one extra column for the targets outside the top-k
+            extra = torch.where(missing, target, torch.full_like(target, -1))
+            table = torch.cat([table, extra.view(-1, 1)], 1)
+            hit = table == target.view(-1, 1)
+        local = hit.to(torch.uint8).argmax(1)
+        pad = table < 0
+        return table, local, pad if bool(pad.any()) else None
+    table = torch.as_tensor(classes, device=device)
+    if table.dtype.is_floating_point or table.dtype == torch.bool or table.dim() != 1 or table.numel() == 0:
+        raise ValueError("Clear: classes must be None, an int k, or a non-empty 1-D list of class ids, "
+                         f"got {classes!r}")
+    table = table.to(torch.int64)
+    if int(table.min()) < 0 or int(table.max()) >= c:
+        raise ValueError(f"Clear: classes must lie in [0, {c}), got values in "
+                         f"[{int(table.min())}, {int(table.max())}]")
+    if table.unique().numel() != table.numel():
+        raise ValueError(f"Clear: classes must not repeat, got {table.tolist()}")
+    hit = table.view(1, -1) == target.view(-1, 1)  # (N, C')
+    if not bool(hit.any(1).all()):
+        bad = target[~hit.any(1)].tolist()
+        raise ValueError(f"Clear: the target classes {bad} are not among classes={table.tolist()}; "
+                         "add them to classes= or pass target=")
+    return table, hit.to(torch.uint8).argmax(1), None
+
+
+def _to_global(local: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Maps local class indices (N, H, W) (``-1`` = none) to global ids via ``table``."""
+    safe = local.clamp(min=0)
+    if table.dim() == 1:
+        out = table[safe]
+    else:
+        out = table.gather(1, safe.flatten(1)).view_as(local)
+    return torch.where(local < 0, local, out)
+
+
+def _result(state: Dominance, table, target, prediction, logits, method, classes, kept, c) -> ClearMaps:
+    shared_all = classes is None
+    g = (lambda t: t) if shared_all else (lambda t: _to_global(t, table))
+    return ClearMaps(
+        dominant_class=g(state.dominant_class), dominant_response=state.dominant_response,
+        runner_up_class=g(state.runner_up_class), runner_up_response=state.runner_up_response,
+        weakest_class=g(state.weakest_class), weakest_response=state.weakest_response,
+        target=target, target_response=state.target_response,
+        rival_class=g(state.rival_class), rival_response=state.rival_response,
+        prediction=prediction, logits=logits, method=method,
+        classes=None if shared_all else table, class_maps=kept, num_classes=c)
+
+
+def _upsample(maps: torch.Tensor, size, mode: str) -> torch.Tensor:
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    kwargs = {} if mode == "nearest" else {"align_corners": False}
+    return F.interpolate(maps, size=size, mode=mode, **kwargs)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape:
+        return False
+    a, b = a.float(), b.float()
+    tol = 1e-2 if a.dtype != b.dtype or torch.is_autocast_enabled() else 1e-4
+    return torch.allclose(a, b, rtol=tol, atol=tol * max(1.0, float(b.abs().max()) if b.numel() else 1.0))
+
+
+def _record(rec: dict, in_key: str | None, out_key: str):
+    """Forward hook storing the module's first input and its output (and the output's
+    version counter, to notice a later in-place change such as an in-place ReLU)."""
+    def hook(module, inputs, output):
+        if in_key is not None and inputs and isinstance(inputs[0], torch.Tensor):
+            rec[in_key] = inputs[0]
+        if isinstance(output, torch.Tensor):
+            rec[out_key] = output
+            rec[out_key + "_version"] = output._version
+    return hook
+
+
+def _find_head(model: nn.Module, layer: str | None) -> _Head:
+    """The last global average pooling module, the linear head registered after it (if
+    any), and the last Conv2d registered before it, from the module structure."""
+    named = list(model.named_modules())
+    pools = [i for i, (_, m) in enumerate(named) if isinstance(m, _POOL_TYPES)]
+    if not pools:
+        raise ValueError(
+            f"Clear(method='cam'): {type(model).__name__} has no global average pooling module "
+            "(expected nn.AdaptiveAvgPool2d(1) followed by an nn.Linear head, or after a C-kernel "
+            "last convolution), got none; use method='deconvnet', 'guided' or 'gradient', which "
+            "work for any differentiable classifier")
+    p = pools[-1]
+    pool_name, pool = named[p]
+    linears = [m for _, m in named[p + 1:] if isinstance(m, nn.Linear)]
+    convs = [m for _, m in named[:p] if isinstance(m, nn.Conv2d)]
+    layer_mod = None
+    if layer is not None:
+        modules = dict(named)
+        if layer not in modules:
+            raise ValueError(f"Clear: layer {layer!r} is not a module of {type(model).__name__} "
+                             f"(expected a name from model.named_modules())")
+        layer_mod = modules[layer]
+    return _Head(pool=pool, pool_name=pool_name or "<model>", linear=linears[-1] if linears else None,
+                 conv=convs[-1] if convs else None, layer=layer_mod)
+
+
+@contextlib.contextmanager
+def _preserve_state(model: nn.Module):
+    """Restores the model's buffers (e.g. BatchNorm running stats updated by a forward
+    pass in training mode) after the call; training flags are never touched."""
+    if not any(m.training for m in model.modules()):
+        yield
+        return
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
