@@ -97,7 +97,7 @@ def compute_scale(responses: torch.Tensor, normalize="image", percentile: float 
     if normalize not in ("image", "batch"):
         raise ValueError(
             f"render: normalize must be 'image', 'batch' or a positive number, got {normalize!r}")
-    flat = responses.reshape(n, -1)
+    flat = responses.reshape(n, math.prod(responses.shape[1:]))
     if flat.dtype in (torch.float16, torch.bfloat16):
         flat = flat.float()
     if normalize == "batch":
