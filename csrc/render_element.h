@@ -76,16 +76,26 @@ CN_INLINE void render_base(const float* rgb, int64_t channels, const RenderPixel
   }
 }
 
+// Blend weights of one pixel: out = keep * base + paint * colour, where colour
+// is the palette entry of a visible pixel (written as selects, no branches, so
+// the CPU loops vectorise).
+CN_INLINE void render_weights(bool visible, float v, const RenderPixelParams& p, float& keep,
+                              float& paint) {
+  const float hidden_keep = p.transparent ? 1.0f : 1.0f - p.alpha;
+  keep = visible ? 1.0f - p.alpha : hidden_keep;
+  paint = visible ? p.alpha * v : 0.0f;
+}
+
 // One output pixel from its class, normalised value, palette and base.
 CN_INLINE void render_pixel(int64_t cls, float v, const uint8_t* palette, int64_t num_colours,
                             const float* base, const RenderPixelParams& p, uint8_t* out) {
   const bool visible = render_visible(cls, num_colours, v, p.threshold);
-  const float keep = visible ? 1.0f - p.alpha : (p.transparent ? 1.0f : 1.0f - p.alpha);
-  const float a = visible ? p.alpha * v : 0.0f;
+  float keep, paint;
+  render_weights(visible, v, p, keep, paint);
   const uint8_t* colour = palette + (visible ? cls : 0) * 3;
   for (int k = 0; k < 3; ++k) {
-    const float paint = num_colours > 0 ? static_cast<float>(colour[k]) * a : 0.0f;
-    out[k] = render_store(keep * base[k] + paint);
+    const float c = visible ? static_cast<float>(colour[k]) : 0.0f;
+    out[k] = render_store(keep * base[k] + c * paint);
   }
 }
 
