@@ -40,9 +40,9 @@ def _matplotlib():
     return Figure, FigureCanvasAgg
 
 
-def class_name(c: int, class_names=None, wrap: int | None = None) -> str:
+def class_name(c: int, class_names=None, wrap: int | None = None, short: int | None = None) -> str:
     """The name of class ``c`` from a list or dict (``str(c)`` when absent), wrapped
-    to ``wrap`` characters per line."""
+    to ``wrap`` characters per line, or cut to ``short`` characters."""
     if c is None or c < 0:
         name = "none"
     elif isinstance(class_names, Mapping):
@@ -51,6 +51,8 @@ def class_name(c: int, class_names=None, wrap: int | None = None) -> str:
         name = str(class_names[c])
     else:
         name = str(c)
+    if short and len(name) > short:
+        name = name[:short - 1].rstrip() + "\u2026"
     return textwrap.fill(name, wrap) if wrap else name
 
 
@@ -175,17 +177,19 @@ def figure(maps, images: torch.Tensor | None = None, *, labels=None, predictions
     mean_share = mean_share[0].tolist() if mean_share.shape[0] else [0.0] * pal.shape[0]
     legend_classes, other = _legend_classes(shown, pal.shape[0])
 
-    fig = Figure(figsize=(panel_size * ncols, panel_size * (len(rows) + 0.7)))
+    height = panel_size * len(rows) * 1.2 + 1.8
+    fig = Figure(figsize=(panel_size * ncols, height))
     FigureCanvasAgg(fig)
-    gs = fig.add_gridspec(len(rows) + 1, ncols, height_ratios=[1.0] * len(rows) + [0.45],
-                          left=0.02, right=0.98, top=0.94, bottom=0.12, hspace=0.45, wspace=0.15)
+    gs = fig.add_gridspec(len(rows) + 1, ncols, height_ratios=[1.0] * len(rows) + [0.25],
+                          left=0.03, right=0.98, top=1 - 0.3 / height, bottom=0.85 / height,
+                          hspace=0.35, wspace=0.15)
     for r, i in enumerate(rows):
         truth, pred = labels[i], predictions[i]
         title = []
         if truth is not None:
-            title.append(f"true: {class_name(truth, class_names, wrap)}")
+            title.append(f"true: {class_name(truth, class_names, short=2 * wrap)}")
         if pred is not None:
-            title.append(f"pred: {class_name(pred, class_names, wrap)}")
+            title.append(f"pred: {class_name(pred, class_names, short=2 * wrap)}")
         colour = "black" if truth is None or pred is None else ("green" if truth == pred else "red")
         for k, (name, pics) in enumerate(cols):
             ax = fig.add_subplot(gs[r, k])
@@ -203,11 +207,13 @@ def figure(maps, images: torch.Tensor | None = None, *, labels=None, predictions
         ax = fig.add_subplot(gs[r, ncols - 1])
         top = sorted(range(pal.shape[0]), key=lambda c: -float(shares[i, c]))[:4]
         top = [c for c in top if shares[i, c] > 0]
-        ax.barh(range(len(top)), [100 * float(shares[i, c]) for c in top],
-                color=[(pal[c].float() / 255).tolist() for c in top])
-        ax.set_yticks(range(len(top)))
-        ax.set_yticklabels([class_name(c, class_names, wrap) for c in top], fontsize=6)
-        ax.invert_yaxis()
+        values = [100 * float(shares[i, c]) for c in top]
+        ax.barh(range(len(top)), values, color=[(pal[c].float() / 255).tolist() for c in top])
+        for y, (c, val) in enumerate(zip(top, values)):
+            ax.text(2, y, f"{class_name(c, class_names, short=wrap)} {val:.0f}%", va="center",
+                    fontsize=6)
+        ax.set_yticks([])
+        ax.set_ylim(3.6, -0.6)
         ax.set_xlim(0, 100)
         ax.tick_params(axis="x", labelsize=6)
         if r == 0:
@@ -250,10 +256,12 @@ def grid(maps, images: torch.Tensor | None = None, *, labels=None, predictions=N
     sides = [(f"correct ({len(correct)})", correct[:max_per_side]),
              (f"wrong ({len(wrong)})", wrong[:max_per_side])]
     nrows = max(1, max((len(s) + ncols - 1) // ncols for _, s in sides))
-    fig = Figure(figsize=(panel_size * (2 * ncols + 0.5), panel_size * (nrows + 0.9)))
+    height = panel_size * nrows * 1.25 + 2.0  # tiles with titles, side titles, legend
+    fig = Figure(figsize=(panel_size * (2 * ncols + 0.5), height))
     FigureCanvasAgg(fig)
-    outer = fig.add_gridspec(2, 2, height_ratios=[nrows, 0.5], left=0.02, right=0.98, top=0.9,
-                             bottom=0.12, wspace=0.08, hspace=0.3)
+    outer = fig.add_gridspec(2, 2, height_ratios=[panel_size * nrows * 1.25, 0.35], left=0.02,
+                             right=0.98, top=1 - 0.75 / height, bottom=0.85 / height, wspace=0.08,
+                             hspace=0.6 / (panel_size * nrows))
     for s, (title, idx) in enumerate(sides):
         sub = outer[0, s].subgridspec(nrows, ncols, hspace=0.5, wspace=0.1)
         for k in range(nrows * ncols):
@@ -265,10 +273,10 @@ def grid(maps, images: torch.Tensor | None = None, *, labels=None, predictions=N
                 continue
             i = idx[k]
             ax.imshow(pics[i].numpy(), interpolation="nearest")
-            ax.set_title(f"true: {class_name(labels[i], class_names, wrap)}\n"
-                         f"pred: {class_name(predictions[i], class_names, wrap)}", fontsize=6,
+            ax.set_title(f"true: {class_name(labels[i], class_names, short=wrap)}\n"
+                         f"pred: {class_name(predictions[i], class_names, short=wrap)}", fontsize=6,
                          color="green" if s == 0 else "red")
-        fig.text(0.25 + 0.5 * s, 0.96, title, ha="center", fontsize=10)
+        fig.text(0.25 + 0.5 * s, 1 - 0.25 / height, title, ha="center", fontsize=10)
     shown = classes_all.detach().cpu()
     share = _palettes.class_shares(shown.reshape(1, -1), pal.shape[0])[0].tolist()
     legend_classes, other = _legend_classes(shown, pal.shape[0])

@@ -372,6 +372,7 @@ def test_figure_written_and_reread(tmp_path, example):
         assert _has_colour(pixels, palettes.PAPER[c]), c
     texts = " ".join(t.get_text() for t in fig.findobj(match=lambda a: hasattr(a, "get_text")))
     assert "true: zero" in texts and "pred: a very long" in texts
+    assert "a very long\nclass name" in texts  # the legend wraps long names
 
 
 def test_grid_correct_vs_wrong(tmp_path, example):
