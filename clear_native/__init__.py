@@ -1,6 +1,6 @@
 """clear_native: CLEAR maps (CLass-Enhanced Attentive Responses) for PyTorch classifiers."""
 from clear_native import _ops  # noqa: F401  (loads the extension, registers fake kernels)
-from clear_native import palettes
+from clear_native import palettes, plot  # plot imports matplotlib only when called
 from clear_native._ops import build_info
 from clear_native.dominance import Dominance, dominance
 from clear_native.project import project_dominance
@@ -10,5 +10,5 @@ from clear_native.render import (render, render_binary, render_focus, render_hea
 __version__ = "0.1.0"
 
 __all__ = ["Dominance", "dominance", "project_dominance", "build_info", "render",
-           "render_binary", "render_focus", "render_heatmap", "response_scale", "palettes",
+           "render_binary", "render_focus", "render_heatmap", "response_scale", "palettes", "plot",
            "__version__"]

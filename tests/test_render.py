@@ -386,3 +386,10 @@ def test_grid_correct_vs_wrong(tmp_path, example):
     assert pixels.shape[:2] == (round(h), round(w))
     texts = " ".join(t.get_text() for t in fig.findobj(match=lambda a: hasattr(a, "get_text")))
     assert "correct (2)" in texts and "wrong (1)" in texts
+
+
+def test_plot_without_matplotlib(monkeypatch, example):
+    d, img, target = example
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        clear_native.plot.figure(d, img)
