@@ -91,7 +91,7 @@ def _draw_legend(ax, pal, classes_shown, other, class_names, shares, wrap):
     for c in classes_shown:
         labels.append(f"{class_name(c, class_names, wrap)}\n{100 * shares[c]:.0f}%")
     if other:
-        rest = max(0.0, 1.0 - sum(shares[c] for c in classes_shown) - shares_none(shares))
+        rest = sum(v for c, v in enumerate(shares) if c not in set(classes_shown))
         labels.append(f"other\n{100 * rest:.0f}%")
     strip = torch.tensor(colours, dtype=torch.uint8).view(1, -1, 3).numpy() if colours else None
     if strip is not None:
@@ -101,10 +101,6 @@ def _draw_legend(ax, pal, classes_shown, other, class_names, shares, wrap):
     ax.set_xticklabels(labels, fontsize=7)
     ax.tick_params(length=0)
     ax.set_title("dominant class (share of the pixels shown)", fontsize=8)
-
-
-def shares_none(shares):
-    return 0.0 if not hasattr(shares, "none") else shares.none
 
 
 def _save(fig, path, formats, dpi):
@@ -172,9 +168,7 @@ def figure(maps, images: torch.Tensor | None = None, *, labels=None, predictions
     classes_cpu = classes_all.detach().cpu()
     shares = _palettes.class_shares(classes_cpu, pal.shape[0])
     shown = classes_cpu[rows]
-    mean_share = _palettes.class_shares(shown.reshape(1, -1, *shown.shape[2:]) if shown.numel() else shown,
-                                        pal.shape[0])
-    mean_share = mean_share[0].tolist() if mean_share.shape[0] else [0.0] * pal.shape[0]
+    mean_share = _palettes.class_shares(shown.reshape(1, -1), pal.shape[0])[0].tolist()
     legend_classes, other = _legend_classes(shown, pal.shape[0])
 
     height = panel_size * len(rows) * 1.2 + 1.8

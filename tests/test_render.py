@@ -393,3 +393,12 @@ def test_plot_without_matplotlib(monkeypatch, example):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match="pip install matplotlib"):
         clear_native.plot.figure(d, img)
+
+
+def test_figure_many_classes_groups_other(tmp_path):
+    pytest.importorskip("matplotlib")
+    from clear_native import plot
+    d = clear_native.dominance(torch.randn(2, 40, 8, 8), torch.tensor([0, 1]))
+    fig = plot.figure(d, predictions=[0, 3], path=tmp_path / "many.png", dpi=40)
+    texts = " ".join(t.get_text() for t in fig.findobj(match=lambda a: hasattr(a, "get_text")))
+    assert "other\n" in texts   # more than 12 classes present: the rest is grouped
