@@ -1,10 +1,15 @@
 """clear_native: CLEAR maps (CLass-Enhanced Attentive Responses) for PyTorch classifiers."""
 from clear_native import _ops  # noqa: F401  (loads the extension, registers fake kernels)
+from clear_native import palettes, plot  # plot imports matplotlib only when called
 from clear_native._ops import build_info
 from clear_native.dominance import Dominance, dominance
 from clear_native.project import project_dominance
 from clear_native.explain import Clear, ClearMaps
+from clear_native.render import (render, render_binary, render_focus, render_heatmap,
+                                 response_scale)
 
 __version__ = "0.1.0"
 
-__all__ = ["Clear", "ClearMaps", "Dominance", "dominance", "project_dominance", "build_info", "__version__"]
+__all__ = ["Clear", "ClearMaps", "Dominance", "dominance", "project_dominance", "build_info",
+           "render", "render_binary", "render_focus", "render_heatmap", "response_scale",
+           "palettes", "plot", "__version__"]

@@ -77,3 +77,48 @@ def project_dominance(features: torch.Tensor, weight: torch.Tensor, bias: torch.
     kwargs = {} if mode == "nearest" else {"align_corners": align_corners}
     up = F.interpolate(maps, size=tuple(size), mode=mode, **kwargs)
     return dominance(up, target)
+
+
+def render(classes: torch.Tensor, responses: torch.Tensor, scale: torch.Tensor,
+           palette: torch.Tensor, image: torch.Tensor | None = None, overlay: float = 0.5,
+           threshold: float = 0.0, brightness: float = 1.0, grey: bool = True,
+           transparent: bool = False) -> torch.Tensor:
+    """Reference for ``torch.ops.clear_native.render`` (the fused CLEAR map renderer).
+
+    ``classes`` (N, H, W) int64, ``responses`` (N, H, W) float, ``scale`` (N,),
+    ``palette`` (P, 3) uint8, ``image`` (N, 1 or 3, H, W) uint8 (0-255) or float
+    (0-1); returns uint8 (N, H, W, 3). The composition, step by step in float32
+    (see csrc/render_element.h for the policy):
+    V = clamp(response / scale, 0, 1); a pixel is drawn when its class lies in
+    [0, P) and V > threshold; drawn pixels get (1 - overlay) * base + overlay *
+    palette[class] * V, hidden ones (1 - overlay) * base (black map) or base
+    (``transparent``); base is the (grey) image times ``brightness``, or 0.
+    """
+    f = torch.float32
+    n, h, w = classes.shape
+    p = palette.shape[0]
+    v = (responses.to(f) / scale.to(f).view(n, 1, 1)).clamp(0, 1)
+    visible = (classes >= 0) & (classes < p) & (v > threshold)
+    if p:
+        colour = palette.to(f)[classes.clamp(0, p - 1)]
+    else:
+        colour = torch.zeros(n, h, w, 3, dtype=f, device=classes.device)
+    paint = colour * torch.where(visible, v, torch.zeros_like(v)).unsqueeze(-1)
+    if image is None:
+        alpha = 1.0
+        base = torch.zeros(n, h, w, 3, dtype=f, device=classes.device)
+    else:
+        alpha = float(overlay)
+        img = image.to(f) if image.dtype == torch.uint8 else image.to(f) * 255
+        if img.shape[1] == 1:
+            base = img[:, 0].unsqueeze(-1).expand(n, h, w, 3)
+        elif grey:
+            luma = 0.299 * img[:, 0] + 0.587 * img[:, 1] + 0.114 * img[:, 2]
+            base = luma.unsqueeze(-1).expand(n, h, w, 3)
+        else:
+            base = img.permute(0, 2, 3, 1)
+        base = base * brightness
+    hidden_keep = 1.0 if transparent else 1.0 - alpha
+    keep = torch.where(visible, torch.full_like(v, 1.0 - alpha), torch.full_like(v, hidden_keep))
+    out = keep.unsqueeze(-1) * base + alpha * paint
+    return torch.floor(out.nan_to_num(0.0).clamp(0, 255) + 0.5).to(torch.uint8)
