@@ -44,6 +44,16 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample(args: argparse.Namespace) -> int:
+    """Build the shipped test-split sample with the shipped model."""
+    from clear_native.train import save_sample
+
+    paths = save_sample(args.dataset, args.out, first=args.first, max_errors=args.max_errors)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clear-native", description=__doc__)
     sub = parser.add_subparsers(dest="command")
@@ -61,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=None,
                        help="torch threads during training (bit-identical results need equal counts)")
     train.set_defaults(func=_train)
+    sample = sub.add_parser("sample", help="build the shipped test sample of a built-in model")
+    sample.add_argument("dataset", choices=["mnist", "fashion-mnist"])
+    sample.add_argument("--out", default=".", help="output directory (default: current)")
+    sample.add_argument("--first", type=int, default=500)
+    sample.add_argument("--max-errors", type=int, default=100)
+    sample.set_defaults(func=_sample)
     return parser
 
 

@@ -222,3 +222,71 @@ def run_training(
                          batch_size=batch_size, lr=lr, threads=threads, progress=progress)
     result.log["subset"] = subset
     return result, save_result(result, out)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Predicted classes, int64 (N,), for uint8 images (N, H, W)."""
+    model.eval()
+    out = [model(to_tensor(images[i:i + batch_size])).argmax(1)
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+
+
+def build_sample(
+    name: str,
+    model: nn.Module | None = None,
+    *,
+    first: int = 500,
+    max_errors: int = 100,
+) -> tuple[ImageSet, dict[str, Any]]:
+    """The shipped sample of a test split: deterministic, no random choice.
+
+    The first ``first`` test images, then the test images after those that ``model``
+    (default: the shipped pretrained model) misclassifies, in test-set order, up to
+    ``max_errors`` of them. Returns the sample (``index`` = position in the test split)
+    and a description with the model's accuracy on it.
+    """
+    from clear_native.models import load_pretrained, sha256_file, weights_path
+
+    spec = _spec(name)
+    if model is None:
+        model = load_pretrained(spec.name)
+    test = load_dataset(spec.dataset, "test")
+    pred = predict(model, test.images)
+    wrong = np.flatnonzero(pred != test.labels)
+    extra = wrong[wrong >= first][:max_errors]
+    idx = np.concatenate([np.arange(min(first, len(test))), extra]).astype(np.int64)
+    sample = ImageSet(test.images[idx].copy(), test.labels[idx].copy(), spec.dataset, idx)
+    correct = pred[idx] == test.labels[idx]
+    info = {
+        "dataset": spec.dataset,
+        "split": "test",
+        "rule": f"first {first} test images, then the test images after them that the model "
+                f"misclassifies, in order, at most {max_errors}",
+        "size": len(idx),
+        "first": int(min(first, len(test))),
+        "extra_misclassified": len(extra),
+        "model_errors_on_test_split": len(wrong),
+        "model_test_accuracy": float(1 - len(wrong) / len(test)),
+        "model_correct_on_first": int(correct[:first].sum()),
+        "model_correct_on_sample": int(correct.sum()),
+        "model_weights_sha256": sha256_file(weights_path(spec.name)),
+    }
+    return sample, info
+
+
+def save_sample(name: str, out: str | Path, model: nn.Module | None = None,
+                **kwargs: int) -> dict[str, Path]:
+    """Build the sample (:func:`build_sample`) and write ``<stem>_sample.npz`` + ``.json``."""
+    from clear_native.data import save_npz
+
+    spec = _spec(name)
+    sample, info = build_sample(spec.name, model, **kwargs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = spec.dataset.replace("-", "_") + "_sample"
+    npz, js = out / f"{stem}.npz", out / f"{stem}.json"
+    save_npz(npz, sample)
+    js.write_text(json.dumps(info, indent=2) + "\n")
+    return {"sample": npz, "info": js}
