@@ -7,9 +7,12 @@ from clear_native.project import project_dominance
 from clear_native.explain import Clear, ClearMaps
 from clear_native.render import (render, render_binary, render_focus, render_heatmap,
                                  response_scale)
+from clear_native.data import class_names, load_sample
+from clear_native.models import available_models, load_pretrained
 
 __version__ = "0.1.0"
 
 __all__ = ["Clear", "ClearMaps", "Dominance", "dominance", "project_dominance", "build_info",
            "render", "render_binary", "render_focus", "render_heatmap", "response_scale",
-           "palettes", "plot", "__version__"]
+           "palettes", "plot", "load_pretrained", "available_models", "load_sample",
+           "class_names", "__version__"]
