@@ -25,11 +25,27 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if same else 1
 
 
+def _explain(args: argparse.Namespace) -> int:
+    """Batch explanation of a data set (see :mod:`clear_native.batch`)."""
+    from clear_native import batch
+
+    return batch.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clear-native", description=__doc__)
     sub = parser.add_subparsers(dest="command")
     demo = sub.add_parser("demo", help="run the built-in example")
     demo.set_defaults(func=_demo)
+    explain = sub.add_parser(
+        "explain", help="explain every image of a data set; results to Zarr + Parquet, resumable",
+        description="Explain every image of DATA with CLEAR and write the maps (Zarr), a per-image "
+                    "table, errors and a manifest under OUT. Re-running the same command resumes. "
+                    "Exit status: 0 done, 2 bad arguments, 3 done but some images were skipped.")
+    from clear_native.batch import add_arguments
+
+    add_arguments(explain)
+    explain.set_defaults(func=_explain)
     return parser
 
 
