@@ -233,7 +233,11 @@ class _Items(torch.utils.data.Dataset):
             img, label = self.reader.read(i)
             return i, to_chw_float(img, self.preprocess), int(label), None
         except Exception as e:  # noqa: BLE001 - a bad image is recorded, never fatal
-            return i, None, -1, f"{type(e).__name__}: {e}"
+            try:  # the label is often known without reading the image (class sub-folders)
+                label = int(self.reader.label(i)) if hasattr(self.reader, "label") else -1
+            except Exception:  # noqa: BLE001
+                label = -1
+            return i, None, label, f"{type(e).__name__}: {e}"
 
 
 class _Collate:

@@ -159,6 +159,9 @@ class _FolderReader:
             arr = np.asarray(img)
         return arr, self.labels[i]
 
+    def label(self, i: int) -> int:
+        return self.labels[i]
+
 
 class _ArrayReader:
     def __init__(self, images, labels):
@@ -167,6 +170,9 @@ class _ArrayReader:
     def read(self, i: int):
         label = -1 if self.labels is None else int(self.labels[i])
         return np.asarray(self.images[i]), label
+
+    def label(self, i: int) -> int:
+        return -1 if self.labels is None else int(self.labels[i])
 
 
 class _SequenceReader:
