@@ -168,10 +168,22 @@ def _read_json(path: Path):
         return None
 
 
-def _fsync_tree(path: Path) -> None:
-    """Flushes the chunk files just written (so a commit record never precedes its data)."""
-    if hasattr(os, "sync"):
-        os.sync()
+def _fsync_chunk(root: Path, arrays: dict, k: int) -> None:
+    """fsyncs the files of chunk ``k`` of every array, so that its commit record (written
+    next) never reaches the disk before its data. Zarr v3 default chunk keys:
+    ``<array>/c/<k>/0/...``; a chunk equal to the fill value is not written at all."""
+    for name, arr in arrays.items():
+        path = root / name / "c" / str(k)
+        for _ in range(arr.ndim - 1):
+            path = path / "0"
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class _Dist:
@@ -535,7 +547,7 @@ def _run(o, dist, explainer, loaded, source, t_start) -> BatchSummary:
                 _write_pngs(out / "png", render, maps, batch["good"])
         for name, arr in arrays.items():
             arr[start:stop] = blocks[name]
-        _fsync_tree(out)
+        _fsync_chunk(out / "clear.zarr", arrays, k)
         if delay:
             time.sleep(delay)
         t3 = time.perf_counter()
