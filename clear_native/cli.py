@@ -32,6 +32,35 @@ def _explain(args: argparse.Namespace) -> int:
     return batch.main(args)
 
 
+def _train(args: argparse.Namespace) -> int:
+    """Train a built-in model, write weights, checksum and log to --out."""
+    import logging
+
+    from clear_native.train import run_training
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result, paths = run_training(
+        args.dataset, args.out, epochs=args.epochs, seed=args.seed, subset=args.subset,
+        batch_size=args.batch_size, lr=args.lr, threads=args.threads)
+    log = result.log
+    print(f"{log['model']}: {log['parameters']} parameters, {log['train_size']} training images, "
+          f"{log['epochs']} epochs in {log['train_seconds']:.0f} s, "
+          f"test accuracy {100 * log['test_accuracy']:.2f}% on {log['test_size']} images")
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    """Build the shipped test-split sample with the shipped model."""
+    from clear_native.train import save_sample
+
+    paths = save_sample(args.dataset, args.out, first=args.first, max_errors=args.max_errors)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clear-native", description=__doc__)
     sub = parser.add_subparsers(dest="command")
@@ -46,6 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(explain)
     explain.set_defaults(func=_explain)
+    train = sub.add_parser("train", help="train a built-in model (mnist, fashion-mnist)")
+    train.add_argument("dataset", choices=["mnist", "fashion-mnist"])
+    train.add_argument("--epochs", type=int, default=5)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--subset", type=int, default=None,
+                       help="train on the first N training images (and test on the first N)")
+    train.add_argument("--out", default=".", help="output directory (default: current)")
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle Adam)")
+    train.add_argument("--threads", type=int, default=None,
+                       help="torch threads during training (bit-identical results need equal counts)")
+    train.set_defaults(func=_train)
+    sample = sub.add_parser("sample", help="build the shipped test sample of a built-in model")
+    sample.add_argument("dataset", choices=["mnist", "fashion-mnist"])
+    sample.add_argument("--out", default=".", help="output directory (default: current)")
+    sample.add_argument("--first", type=int, default=500)
+    sample.add_argument("--max-errors", type=int, default=100)
+    sample.set_defaults(func=_sample)
     return parser
 
 
