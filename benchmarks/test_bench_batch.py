@@ -5,9 +5,9 @@ collation, writing). Target: at most 25 %.
     pytest benchmarks/test_bench_batch.py --benchmark-only
     python benchmarks/test_bench_batch.py [--images 1024] [--batch-size 64] [--method deconvnet]
 
-Uses the built-in MNIST model and sample when this build has them
-(``clear_native.models`` / ``clear_native.data``), else an ALL-CNN-like stand-in
-with random weights on random 28x28 uint8 digits (same shapes and work).
+Uses the built-in MNIST model when its weights are shipped, else the same AllCNN
+architecture with random weights (same work), on random 28x28 uint8 digits; ``--images 0``
+runs the built-in MNIST sample when it is shipped.
 The phase times come from the run's manifest (``timings``): ``data_s`` (waiting
 for the DataLoader), ``explain_s`` (model + back-projection + dominance),
 ``write_s`` (Zarr chunks, per-image statistics, commit records).
@@ -44,25 +44,33 @@ def mnist_like_model() -> nn.Module:
     return m.eval()
 
 
-def _have_builtin() -> bool:
+def _have_builtin() -> tuple[bool, bool]:
+    """(shipped MNIST weights, shipped MNIST sample)."""
     try:
-        from clear_native import data, models  # noqa: F401
+        from clear_native import data, models
     except ImportError:
-        return False
-    return hasattr(models, "load_pretrained") and hasattr(data, "load_sample")
+        return False, False
+    return "mnist" in models.available_models(), data.sample_path("mnist").is_file()
 
 
 def inputs(folder: Path, images: int) -> tuple[str | None, str | None, str]:
-    """(model spec, data spec, description)."""
-    if _have_builtin() and images <= 0:
-        return None, None, "built-in MNIST model and sample"
+    """(model spec, data spec, description): the built-in model / sample when shipped,
+    else the built-in architecture with random weights / random 28x28 digits."""
+    have_model, have_sample = _have_builtin()
+    try:
+        from clear_native.models import build_model  # noqa: F401
+        model = None if have_model else "clear_native.models:build_model"
+        what = "built-in MNIST model" if have_model else "built-in AllCNN with random weights"
+    except ImportError:
+        model, what = "test_bench_batch:mnist_like_model", "ALL-CNN-like stand-in"
+    if have_sample and images <= 0:
+        return model, None, what + " on the built-in MNIST sample"
+    images = images or 1024
     rng = np.random.default_rng(0)
     path = folder / "digits.npz"
-    np.savez(path, images=rng.integers(0, 256, (images or 1024, 28, 28), dtype=np.uint8),
-             labels=rng.integers(0, 10, images or 1024))
-    model = None if _have_builtin() else "test_bench_batch:mnist_like_model"
-    return model, str(path), ("built-in MNIST model" if model is None else "ALL-CNN-like stand-in") \
-        + f" on {images or 1024} random 28x28 digits"
+    np.savez(path, images=rng.integers(0, 256, (images, 28, 28), dtype=np.uint8),
+             labels=rng.integers(0, 10, images))
+    return model, str(path), what + f" on {images} random 28x28 digits"
 
 
 def run_once(model, data, out: Path, batch_size=64, method="deconvnet", workers=0, store="dominant,response"):

@@ -88,7 +88,12 @@ def load_model(spec: str | None) -> LoadedModel:
             raise BatchError(
                 "no built-in model: clear_native.models.load_pretrained is not available in this "
                 f"build ({e}); pass --model package.module:factory or a TorchScript / .pt2 file") from e
-        obj, kind, spec_name = load_pretrained("mnist"), "builtin", "builtin:mnist"
+        try:
+            obj = load_pretrained("mnist")
+        except (FileNotFoundError, ValueError, RuntimeError) as e:
+            raise BatchError(f"the built-in MNIST model cannot be loaded ({e}); pass --model "
+                             "package.module:factory or a TorchScript / .pt2 file") from e
+        kind, spec_name = "builtin", "builtin:mnist"
     else:
         path = Path(spec)
         spec_name = spec
@@ -276,8 +281,13 @@ def _builtin() -> DataSource:
     except ImportError as e:
         raise BatchError("no built-in data set: clear_native.data is not available in this build "
                          f"({e}); pass --data FOLDER, an .npz/.npy file or package.module:function") from e
-    sample = _data.load_sample("mnist")
+    try:
+        sample = _data.load_sample("mnist")
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise BatchError(f"the built-in MNIST sample cannot be loaded ({e}); pass --data FOLDER, "
+                         "an .npz/.npy file or package.module:function") from e
     images, labels, preprocess = _unpack_sample(sample)
+    index = getattr(sample, "index", None)
     images = np.asarray(images)
     labels = None if labels is None else np.asarray(labels)
     h = hashlib.sha256(b"builtin:mnist")
@@ -287,7 +297,9 @@ def _builtin() -> DataSource:
     names = None
     if hasattr(_data, "class_names"):
         names = list(_data.class_names("mnist"))
-    return DataSource("builtin:mnist", "builtin", [str(i) for i in range(len(images))], h.hexdigest(),
+    keys = ([f"mnist-test:{int(j)}" for j in index] if index is not None and len(index) == len(images)
+            else [str(i) for i in range(len(images))])
+    return DataSource("builtin:mnist", "builtin", keys, h.hexdigest(),
                       _ArrayReader(images, labels), class_names=names, preprocess=preprocess)
 
 

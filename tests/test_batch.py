@@ -230,9 +230,15 @@ def test_torchrun_two_processes_equals_one(npz, reference_run, tmp_path):
     _assert_same_results(out, reference_run)
 
 
-def test_torchscript_model(npz, tmp_path):
-    path = tmp_path / "tiny.pt"
-    torch.jit.script(tiny_model()).save(str(path))
+@pytest.mark.parametrize("fmt", ["torchscript", "export"])
+def test_saved_model_files(npz, tmp_path, fmt):
+    if fmt == "torchscript":
+        path = tmp_path / "tiny.pt"
+        torch.jit.script(tiny_model()).save(str(path))
+    else:
+        path = tmp_path / "tiny.pt2"
+        torch.export.save(torch.export.export(tiny_model(), (torch.zeros(2, 1, SIZE, SIZE),),
+                                              dynamic_shapes=({0: torch.export.Dim("n")},)), str(path))
     out = tmp_path / "out"
     assert explain("--model", path, "--data", npz, "--out", out, "--batch-size", 64,
                    "--method", "gradient", "--classes", "top-3") == 0
@@ -240,6 +246,24 @@ def test_torchscript_model(npz, tmp_path):
     want = torch.cat([clear_native.Clear(tiny_model(), method="gradient")(x[s:s + 64], classes=3).dominant_class
                       for s in range(0, N_IMAGES, 64)])
     np.testing.assert_array_equal(_arrays(out)["dominant_class"], want.numpy())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["kind"] == fmt
+
+
+def test_builtin_model_and_sample(tmp_path):
+    have = "mnist" in clear_native.available_models() and clear_native.data.sample_path("mnist").is_file()
+    if not have:
+        pytest.skip("this build ships no MNIST weights / sample")
+    out = tmp_path / "out"
+    assert explain("--out", out, "--method", "cam", "--batch-size", 128) == 0
+    sample = clear_native.load_sample("mnist")
+    x = torch.from_numpy(sample.images.astype(np.float32) / 255.0)[:, None]
+    explainer = clear_native.Clear(clear_native.load_pretrained("mnist"), method="cam")
+    want = torch.cat([explainer(x[s:s + 128]).dominant_class for s in range(0, len(x), 128)])
+    got = _arrays(out)
+    np.testing.assert_array_equal(got["dominant_class"], want.numpy())
+    np.testing.assert_array_equal(got["label"], sample.labels)
+    assert _table(out)[0]["key"] == f"mnist-test:{int(sample.index[0])}"
 
 
 @pytest.mark.parametrize("argv, message", [
