@@ -36,7 +36,7 @@ every image of DATA with CLEAR and writes, under ``OUT``:
 A run killed at any moment and started again with the same arguments redoes only the
 chunks without a commit record, and ends with the same results as an uninterrupted run.
 Another model / data / result-changing option under the same OUT is refused unless
-``--overwrite``. Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK set) chunk ``k`` is
+``--overwrite`` (which always starts afresh, deleting what OUT holds). Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK set) chunk ``k`` is
 explained by rank ``k % WORLD_SIZE``; rank 0 writes the table and manifest once every
 rank is done. The results do not depend on the number of processes.
 """
@@ -352,7 +352,7 @@ def _prepare_out(out: Path, identity: dict, overwrite: bool) -> bool:
         raise BatchError(f"--out {str(out)!r} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         old = _read_json(run_json)
-        if old == identity:
+        if old == identity and not overwrite:
             return True
         if not overwrite:
             if old is None:
@@ -398,7 +398,7 @@ def _chunk_stats(dc: np.ndarray, pred: np.ndarray, num_classes: int) -> list[dic
         present = np.nonzero(counts)[0]
         top = int(counts.argmax()) if counts.sum() else -1
         rows.append({
-            "prediction_share": float(np.float32(counts[pred[k]] / hw)) if pred[k] >= 0 else float("nan"),
+            "prediction_share": float(np.float32(counts[pred[k]] / hw)) if pred[k] >= 0 else None,
             "top_dominant": top,
             "agrees": bool(top == pred[k]),
             "dominant_classes": present.tolist(),
@@ -544,7 +544,7 @@ def _run(o, dist, explainer, loaded, source, t_start) -> BatchSummary:
             for r, s in zip(rows, _chunk_stats(dc, pred, num_classes)):
                 stats[r] = s
             if render is not None:
-                _write_pngs(out / "png", render, maps, batch["good"])
+                _write_pngs(out / "png", render, maps, batch["good"], num_classes)
         for name, arr in arrays.items():
             arr[start:stop] = blocks[name]
         _fsync_chunk(out / "clear.zarr", arrays, k)
@@ -557,7 +557,7 @@ def _run(o, dist, explainer, loaded, source, t_start) -> BatchSummary:
             err = next((e for j, e in batch["errors"] if j == i), None)
             table.append({"index": i, "key": source.keys[i], "label": int(batch["labels"][r]),
                           "prediction": int(blocks["prediction"][r]), "valid": err is None,
-                          "error": err, **(stats[r] or {"prediction_share": float("nan"), "top_dominant": -1,
+                          "error": err, **(stats[r] or {"prediction_share": None, "top_dominant": -1,
                                                         "agrees": False, "dominant_classes": [],
                                                         "dominant_shares": []})})
         _write_json_atomic(chunk_dir / f"{k:06d}.json", {
@@ -585,10 +585,10 @@ def _run(o, dist, explainer, loaded, source, t_start) -> BatchSummary:
     return summary
 
 
-def _write_pngs(folder: Path, render, maps, indices) -> None:
+def _write_pngs(folder: Path, render, maps, indices, num_classes: int) -> None:
     from PIL import Image
 
-    images = render(maps)
+    images = render(maps, num_classes=num_classes)
     images = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     if images.ndim == 4 and images.shape[1] in (3, 4) and images.shape[-1] not in (3, 4):
         images = images.transpose(0, 2, 3, 1)
@@ -624,6 +624,8 @@ def _finalize(out, o, loaded, source, identity, n, img_shape, map_shape, num_cla
             raise RuntimeError(f"chunk {k} has no commit record after every rank finished")
         rows.extend(rec["rows"])
         errors.extend(rec["errors"])
+    for tmp in chunk_dir.glob(".*.tmp*"):  # left by a killed run
+        tmp.unlink(missing_ok=True)
     this_run = {key: sum(g[key] for g in gathered) for key in timings}
     chunks_run = sum(g["chunks_run"] for g in gathered)
     _write_table(out, rows, o.table)

@@ -284,20 +284,24 @@ def test_bad_arguments(npz, tmp_path, capsys, argv, message):
     assert "clear-native explain: error:" in err and message in err
 
 
-def test_out_holding_a_different_run_is_refused(npz, folder, reference_run, tmp_path, capsys):
+def test_out_holding_a_different_run_is_refused(tmp_path, capsys):
+    small, other_data = tmp_path / "small.npz", tmp_path / "other.npz"
+    np.save(tmp_path / "small.npy", _images(24)[0])
+    np.savez(small, images=_images(24)[0])
+    np.savez(other_data, images=_images(24, seed=5)[0])
     out = tmp_path / "out"
-    assert explain("--model", MODEL, "--data", npz, "--out", out, "--batch-size", 120) == 0
-    assert explain("--model", MODEL, "--data", folder, "--out", out, "--batch-size", 120) == 2
-    assert "holds a different run (differs in: data, images" in capsys.readouterr().err
-    assert explain("--model", MODEL, "--data", npz, "--out", out, "--batch-size", 120,
-                   "--method", "gradient") == 2
+    assert explain("--model", MODEL, "--data", small, "--out", out, "--method", "gradient") == 0
+    assert explain("--model", MODEL, "--data", other_data, "--out", out, "--method", "gradient") == 2
+    assert "holds a different run (differs in: data)" in capsys.readouterr().err
+    assert explain("--model", MODEL, "--data", small, "--out", out, "--method", "cam") == 2
     assert "differs in: method" in capsys.readouterr().err
-    assert explain("--model", MODEL, "--data", npz, "--out", out, "--batch-size", 120,
-                   "--method", "gradient", "--overwrite") == 0
+    assert explain("--model", MODEL, "--data", tmp_path / "small.npy", "--out", out, "--method", "cam",
+                   "--overwrite") == 0
+    assert json.loads((out / "manifest.json").read_text())["data"]["kind"] == "npy"
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    assert explain("--model", MODEL, "--data", npz, "--out", other) == 2
+    assert explain("--model", MODEL, "--data", small, "--out", other) == 2
     assert "holds no clear-native run" in capsys.readouterr().err
     assert (other / "notes.txt").exists()
 
@@ -309,3 +313,26 @@ def test_png_needs_a_renderer(npz, tmp_path, capsys):
         pytest.skip("this build has a renderer")
     assert explain("--model", MODEL, "--data", npz, "--out", tmp_path / "o", "--store", "dominant,png") == 2
     assert "--store png needs clear_native.render" in capsys.readouterr().err
+
+
+def test_png_with_a_renderer(monkeypatch, tmp_path):
+    import importlib.machinery
+    import types
+
+    def render(maps, num_classes=None):  # stands in for clear_native.render.render
+        rgb = (maps.dominant_class.clamp(min=0) * 25).to(torch.uint8)
+        return torch.stack([rgb, rgb, rgb], -1)
+
+    fake = types.ModuleType("clear_native.render")
+    fake.__spec__ = importlib.machinery.ModuleSpec("clear_native.render", None)
+    fake.render = render
+    monkeypatch.setitem(sys.modules, "clear_native.render", fake)
+    data = tmp_path / "d.npz"
+    np.savez(data, images=_images(20)[0])
+    out = tmp_path / "out"
+    assert explain("--model", MODEL, "--data", data, "--out", out, "--method", "cam",
+                   "--store", "dominant,png") == 0
+    pngs = sorted((out / "png").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{i:07d}.png" for i in range(20)]
+    dc = _arrays(out)["dominant_class"]
+    np.testing.assert_array_equal(np.asarray(Image.open(pngs[3]))[..., 0], dc[3].clip(0).astype(np.uint8) * 25)
