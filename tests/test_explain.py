@@ -1,0 +1,484 @@
+"""clear_native.Clear against slow, independently written per-class loops."""
+import gc
+import tracemalloc
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import clear_native
+from clear_native import reference
+from conftest import DEVICES
+
+NUM_CLASSES = 5
+FIELDS = ["dominant_class", "dominant_response", "runner_up_class", "runner_up_response",
+          "weakest_class", "weakest_response", "target_response", "rival_class", "rival_response"]
+BACKPROP = ["deconvnet", "guided", "gradient"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- tiny models ---------------------------------------------------------------------------
+
+class GapNet(nn.Module):
+    """conv/ReLU/max-pool, GAP + linear head."""
+
+    def __init__(self, c=NUM_CLASSES):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, c)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class ConvGapNet(nn.Module):
+    """ALL-CNN-like: C-kernel last conv (1x1 or 3x3) + GAP, no linear layer."""
+
+    def __init__(self, c=NUM_CLASSES, k=1):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(8, c, k, padding=k // 2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        return self.pool(self.features(x)).flatten(1)
+
+
+class FlattenNet(nn.Module):
+    """No global pooling: flatten + linear head (cam cannot handle it)."""
+
+    def __init__(self, c=NUM_CLASSES):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(4 * 6 * 6, c)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.act(self.conv(x))).flatten(1))
+
+
+class BNNet(GapNet):
+    def __init__(self, c=NUM_CLASSES):
+        super().__init__(c)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True))
+
+
+class FunctionalNet(nn.Module):
+    """Functional, method and in-place ReLUs; functional GAP is inside forward via a module."""
+
+    def __init__(self, c=NUM_CLASSES):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.c3 = nn.Conv2d(6, 8, 3, padding=1)
+        self.c4 = nn.Conv2d(8, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, c)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x))
+        x = F.max_pool2d(F.relu(self.c2(x), inplace=True), 2)
+        x = torch.relu(self.c3(x))
+        x = torch.relu_(self.c4(x).relu() - 0.1)
+        return self.fc(self.pool(x).flatten(1))
+
+
+class SharedReluNet(nn.Module):
+    """One nn.ReLU module used three times."""
+
+    def __init__(self, c=NUM_CLASSES):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.act = nn.ReLU()
+        self.mp = nn.MaxPool2d(2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, c)
+
+    def forward(self, x):
+        x = self.mp(self.act(self.c1(x)))
+        x = self.act(self.c3(self.act(self.c2(x))))
+        return self.fc(self.pool(x).flatten(1))
+
+
+MODELS = {
+    "gap": GapNet, "convgap1x1": ConvGapNet, "convgap3x3": lambda: ConvGapNet(k=3),
+    "flatten": FlattenNet, "bn": BNNet, "functional": FunctionalNet, "shared": SharedReluNet,
+}
+CAM_MODELS = ["gap", "convgap1x1", "convgap3x3", "bn", "functional", "shared"]
+
+
+def make(name, device="cpu", n=2, size=12):
+    torch.manual_seed(0)
+    model = MODELS[name]().to(device).eval()
+    for m in model.modules():  # non-trivial BatchNorm statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model, torch.randn(n, 3, size, size, device=device)
+
+
+# -- independent slow references -----------------------------------------------------------
+
+_ORIG = {"F.relu": F.relu, "torch.relu": torch.relu, "torch.relu_": torch.relu_,
+         "Tensor.relu": torch.Tensor.relu}
+
+
+def _hooked_relu(rule):
+    """An out-of-place ReLU whose backward follows ``rule``, built from tensor hooks."""
+
+    def relu(x, inplace=False):
+        y = _ORIG["torch.relu"](x)
+        if rule == "gradient" or not y.requires_grad:
+            return y
+        if rule == "deconvnet":
+            y = x + (y - x).detach()  # forward relu(x), backward identity ...
+        y.register_hook(lambda g: g.clamp(min=0))  # ... then rectified (guided: and masked)
+        return y
+
+    return relu
+
+
+def slow_maps(model, images, method, reduce="sum"):
+    """One forward and one backward per class; ReLU rules through monkeypatched relus."""
+    relu = _hooked_relu(method)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(F, "relu", relu)
+    mp.setattr(torch, "relu", relu)
+    mp.setattr(torch, "relu_", relu)
+    mp.setattr(torch.Tensor, "relu", relu)
+    try:
+        with torch.enable_grad():
+            out = []
+            c = model(images).shape[1]
+            for k in range(c):
+                x = images.detach().clone().requires_grad_(True)
+                (g,) = torch.autograd.grad(model(x)[:, k].sum(), x)
+                if reduce == "sum":
+                    out.append(g.sum(1))
+                elif reduce == "max_abs":
+                    out.append(g.abs().amax(1))
+                else:
+                    out.append(g.pow(2).sum(1).sqrt())
+    finally:
+        mp.undo()
+    return torch.stack(out, 1)
+
+
+def slow_maps_module_hooks(model, images, method):
+    """Same, with full backward hooks on the nn.ReLU modules (module models only)."""
+    def hook(module, grad_input, grad_output):
+        if method == "deconvnet":
+            return (grad_output[0].clamp(min=0),)
+        return (grad_input[0].clamp(min=0),)  # guided: masked gradient, rectified
+
+    handles = [m.register_full_backward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
+    try:
+        out = []
+        for k in range(model(images).shape[1]):
+            x = images.detach().clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(model(x)[:, k].sum(), x)
+            out.append(g.sum(1))
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack(out, 1)
+
+
+def cam_maps(model, images):
+    """Upsampled class maps W . F + b from explicit hooks."""
+    rec = {}
+    h = model.pool.register_forward_hook(lambda m, i, o: rec.update(feats=i[0]))
+    with torch.no_grad():
+        model(images)
+    h.remove()
+    feats = rec["feats"]
+    if hasattr(model, "fc"):
+        maps = reference.class_maps(feats, model.fc.weight, model.fc.bias)
+    else:  # C-kernel last conv: its output are the class maps
+        maps = feats
+    return F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def assert_dominance(got, maps, target):
+    want = reference.dominance(maps, target)
+    for name in FIELDS:
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=0, atol=0,
+                                   equal_nan=True, msg=name)
+
+
+# -- tests ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("model_name", ["gap", "convgap1x1", "convgap3x3", "flatten", "bn",
+                                        "functional", "shared"])
+@pytest.mark.parametrize("method", BACKPROP)
+def test_backprop_matches_slow_loop(method, model_name, device):
+    model, x = make(model_name, device)
+    got = clear_native.Clear(model, method)(x, keep_class_maps=True)
+    want = slow_maps(model, x, method)
+    assert got.class_maps.shape == (2, NUM_CLASSES, 12, 12)
+    torch.testing.assert_close(got.class_maps, want)
+    assert_dominance(got, got.class_maps, got.prediction)
+    torch.testing.assert_close(got.prediction, model(x).argmax(1))
+    torch.testing.assert_close(got.target, got.prediction)
+    torch.testing.assert_close(got.logits, model(x).detach())
+    assert got.method == method and got.classes is None
+
+
+@pytest.mark.parametrize("method", ["deconvnet", "guided"])
+@pytest.mark.parametrize("model_name", ["gap", "shared"])
+def test_backprop_matches_module_hooks(method, model_name):
+    model, x = make(model_name)
+    got = clear_native.Clear(model, method)(x, keep_class_maps=True)
+    torch.testing.assert_close(got.class_maps, slow_maps_module_hooks(model, x, method))
+
+
+def test_deconvnet_rule_differs_from_gradient():
+    model, x = make("gap")
+    maps = {m: clear_native.Clear(model, m)(x, keep_class_maps=True).class_maps for m in BACKPROP}
+    assert not torch.allclose(maps["deconvnet"], maps["gradient"])
+    assert not torch.allclose(maps["guided"], maps["deconvnet"])
+
+
+@pytest.mark.parametrize("reduce", ["sum", "max_abs", "l2"])
+def test_channel_reduce(reduce):
+    model, x = make("functional")
+    got = clear_native.Clear(model, "guided", channel_reduce=reduce)(x, keep_class_maps=True)
+    torch.testing.assert_close(got.class_maps, slow_maps(model, x, "guided", reduce))
+    if reduce != "sum":
+        assert bool((got.class_maps >= 0).all())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("model_name", CAM_MODELS)
+def test_cam_matches_upsampled_class_maps(model_name, device):
+    model, x = make(model_name, device)
+    explainer = clear_native.Clear(model, "cam")
+    got = explainer(x, keep_class_maps=True)
+    want = cam_maps(model, x)
+    torch.testing.assert_close(got.class_maps, want)
+    assert_dominance(got, got.class_maps, got.prediction)
+    fast = explainer(x)  # the fused project_dominance path (or the streamed conv path)
+    torch.testing.assert_close(fast.dominant_response, got.dominant_response)
+    torch.testing.assert_close(fast.target_response, got.target_response)
+    assert (fast.dominant_class != got.dominant_class).float().mean() < 1e-3
+
+
+@pytest.mark.parametrize("method", ["deconvnet", "cam"])
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_chunked_equals_unchunked(method, chunk):
+    model, x = make("gap")
+    whole = clear_native.Clear(model, method, class_chunk=NUM_CLASSES)(x, keep_class_maps=True)
+    parts = clear_native.Clear(model, method)(x, keep_class_maps=True, class_chunk=chunk)
+    torch.testing.assert_close(parts.class_maps, whole.class_maps)
+    assert_dominance(parts, parts.class_maps, parts.target)
+    nokeep = clear_native.Clear(model, method, class_chunk=chunk)(x)
+    torch.testing.assert_close(nokeep.dominant_response, whole.dominant_response)
+
+
+@pytest.mark.parametrize("method", ["deconvnet", "cam"])
+def test_class_list_and_explicit_target(method):
+    model, x = make("gap")
+    full = clear_native.Clear(model, method)(x, keep_class_maps=True)
+    classes = [4, 1, 2]
+    target = torch.tensor([1, 2])
+    got = clear_native.Clear(model, method)(x, target, classes=classes, keep_class_maps=True)
+    torch.testing.assert_close(got.classes, torch.tensor(classes))
+    torch.testing.assert_close(got.class_maps, full.class_maps[:, classes])
+    want = reference.dominance(full.class_maps[:, classes], torch.tensor([1, 2]))  # local ids
+    table = torch.tensor(classes)
+    torch.testing.assert_close(got.dominant_class, table[want.dominant_class])
+    torch.testing.assert_close(got.rival_class, table[want.rival_class])
+    torch.testing.assert_close(got.target_response, full.class_maps[torch.arange(2), target])
+    torch.testing.assert_close(got.target, target)
+    with pytest.raises(ValueError, match="not among classes"):
+        clear_native.Clear(model, method)(x, torch.tensor([0, 0]), classes=classes)
+
+
+@pytest.mark.parametrize("method", ["deconvnet", "cam"])
+def test_top_k_classes(method):
+    model, x = make("gap", n=3)
+    full = clear_native.Clear(model, method)(x, keep_class_maps=True)
+    got = clear_native.Clear(model, method)(x, classes=2, keep_class_maps=True, class_chunk=1)
+    table = full.logits.topk(2, 1).indices
+    torch.testing.assert_close(got.classes, table)
+    torch.testing.assert_close(got.class_maps, full.class_maps.gather(
+        1, table[:, :, None, None].expand(-1, -1, 12, 12)))
+    for n in range(3):
+        assert set(got.dominant_class[n].unique().tolist()) <= set(table[n].tolist())
+    # a target outside the top-k gets its own column, padded (-1, NaN) where not needed
+    target = full.logits.argmin(1)
+    target[0] = table[0, 0]
+    got = clear_native.Clear(model, method)(x, target, classes=2, keep_class_maps=True)
+    assert got.classes.shape == (3, 3)
+    assert got.classes[0, 2] == -1 and bool(got.class_maps[0, 2].isnan().all())
+    torch.testing.assert_close(got.classes[1:, 2], target[1:])
+    torch.testing.assert_close(got.target_response, full.class_maps[torch.arange(3), target])
+    assert bool((got.dominant_class >= 0).all())
+
+
+def snapshot(model):
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+    }
+
+
+def assert_unchanged(model, before):
+    after = snapshot(model)
+    assert after["training"] == before["training"]
+    assert after["requires_grad"] == before["requires_grad"]
+    for k, v in before["state"].items():
+        torch.testing.assert_close(after["state"][k], v, rtol=0, atol=0, msg=k)
+    for p in model.parameters():
+        assert p.grad is None
+    for m in model.modules():
+        for d in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+                  "_forward_hooks_with_kwargs", "_state_dict_hooks", "_load_state_dict_pre_hooks"):
+            assert len(getattr(m, d, {})) == 0, (type(m).__name__, d)
+    from torch.nn.modules import module as mod
+    assert not mod._global_forward_hooks and not mod._global_backward_hooks
+    from torch.overrides import _get_current_function_mode_stack
+    assert not _get_current_function_mode_stack()
+
+
+@pytest.mark.parametrize("method", ["deconvnet", "guided", "gradient", "cam"])
+def test_model_unchanged(method):
+    model, x = make("bn")
+    model.train()  # BatchNorm statistics would move: they must be restored
+    model.features[0].weight.requires_grad_(False)
+    model.features[1].eval()  # a mixed train / eval model
+    before = snapshot(model)
+    clear_native.Clear(model, method)(x)
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("method", ["deconvnet", "cam"])
+def test_under_no_grad_and_inference_mode(method):
+    model, x = make("functional")
+    want = clear_native.Clear(model, method)(x)
+    with torch.no_grad():
+        got = clear_native.Clear(model, method)(x)
+    torch.testing.assert_close(got.dominant_response, want.dominant_response)
+    with torch.inference_mode():
+        got = clear_native.Clear(model, method)(x)
+    torch.testing.assert_close(got.dominant_response, want.dominant_response)
+    assert not torch.is_grad_enabled() or True
+
+
+def test_autocast_cpu():
+    model, x = make("gap", size=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = clear_native.Clear(model, "deconvnet")(x, keep_class_maps=True)
+        cam = clear_native.Clear(model, "cam")(x)
+    want = clear_native.Clear(model, "deconvnet")(x, keep_class_maps=True)
+    assert got.dominant_class.shape == (2, 16, 16) and cam.dominant_class.shape == (2, 16, 16)
+    assert bool(torch.isfinite(got.dominant_response).all())
+    torch.testing.assert_close(got.class_maps.float(), want.class_maps, rtol=0.1, atol=0.05)
+
+
+def test_result_helpers():
+    model, x = make("gap")
+    got = clear_native.Clear(model, "deconvnet")(x)
+    arrays = got.numpy()
+    assert arrays["dominant_class"].shape == (2, 12, 12) and arrays["class_maps"] is None
+    assert arrays["method"] == "deconvnet"
+    moved = got.to(torch.float64)
+    assert moved.dominant_response.dtype == torch.float64
+    assert got.cpu().device.type == "cpu"
+    assert got.num_classes == NUM_CLASSES
+
+
+def test_named_layer_for_cam():
+    model, x = make("gap")
+    got = clear_native.Clear(model, "cam", layer="features.4")(x, keep_class_maps=True)
+    torch.testing.assert_close(got.class_maps, cam_maps(model, x))
+    with pytest.raises(ValueError, match="not the feature map pooled"):
+        clear_native.Clear(model, "cam", layer="features.2")(x)
+    with pytest.raises(ValueError, match="is not a module"):
+        clear_native.Clear(model, "cam", layer="nope")
+
+
+def test_bad_inputs():
+    model, x = make("gap")
+    with pytest.raises(ValueError, match=r"\(N, ch, H, W\), got shape \(3, 12, 12\)"):
+        clear_native.Clear(model)(x[0])
+    with pytest.raises(ValueError, match="method must be one of .* got 'lrp'"):
+        clear_native.Clear(model, "lrp")
+    with pytest.raises(ValueError, match="channel_reduce must be one of"):
+        clear_native.Clear(model, channel_reduce="mean")
+    with pytest.raises(ValueError, match="target must be \\(N,\\)"):
+        clear_native.Clear(model)(x, torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"target classes must lie in \[0, 5\)"):
+        clear_native.Clear(model)(x, torch.tensor([1, 7]))
+    with pytest.raises(ValueError, match="class_chunk"):
+        clear_native.Clear(model, class_chunk=0)
+    with pytest.raises(TypeError, match="must be a torch.nn.Module"):
+        clear_native.Clear(lambda t: t)
+    flat, xf = make("flatten")
+    with pytest.raises(ValueError, match="no global average pooling .* use method='deconvnet'"):
+        clear_native.Clear(flat, "cam")
+
+    class NotLinearAfterPool(GapNet):
+        def forward(self, x):
+            return self.fc(torch.tanh(self.pool(self.features(x)).flatten(1)))
+
+    with pytest.raises(ValueError, match="not linear\\(global_avg_pool"):
+        clear_native.Clear(NotLinearAfterPool().eval(), "cam")(x)
+
+    class SpatialOut(GapNet):
+        def forward(self, x):
+            return self.features(x)
+
+    with pytest.raises(ValueError, match="must return \\(N, C\\) logits"):
+        clear_native.Clear(SpatialOut().eval(), "deconvnet")(x)
+
+
+def test_no_memory_growth():
+    model, x = make("functional", n=1, size=8)
+    explainer = clear_native.Clear(model, "guided")
+    cam = clear_native.Clear(model, "cam")
+
+    def live_tensors():
+        gc.collect()
+        return sum(type(o) in (torch.Tensor, nn.Parameter) for o in gc.get_objects())
+
+    for _ in range(10):
+        explainer(x)
+        cam(x)
+    before = live_tensors()
+    for _ in range(200):
+        explainer(x)
+        cam(x)
+    assert live_tensors() <= before
+    tracemalloc.start()
+    snap0 = tracemalloc.take_snapshot()
+    for _ in range(30):
+        explainer(x)
+        cam(x)
+    gc.collect()
+    growth = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(snap0, "filename"))
+    tracemalloc.stop()
+    assert growth < 64 * 1024, growth
+    assert_unchanged(model, snapshot(model))
