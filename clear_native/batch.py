@@ -38,7 +38,10 @@ chunks without a commit record, and ends with the same results as an uninterrupt
 Another model / data / result-changing option under the same OUT is refused unless
 ``--overwrite`` (which always starts afresh, deleting what OUT holds). Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK set) chunk ``k`` is
 explained by rank ``k % WORLD_SIZE``; rank 0 writes the table and manifest once every
-rank is done. The results do not depend on the number of processes.
+rank is done. The results do not depend on the number of processes, and a run may be
+resumed with another number of processes. Across nodes, OUT must be on a file system
+that every node sees. Exit status: 0, 2 (bad arguments), 3 (some images skipped; under
+torchrun the launcher reports any non-zero status as a failure).
 """
 from __future__ import annotations
 
@@ -624,6 +627,8 @@ def _finalize(out, o, loaded, source, identity, n, img_shape, map_shape, num_cla
             raise RuntimeError(f"chunk {k} has no commit record after every rank finished")
         rows.extend(rec["rows"])
         errors.extend(rec["errors"])
+        for key in timings:
+            timings[key] += rec["timings"][key]
     for tmp in chunk_dir.glob(".*.tmp*"):  # left by a killed run
         tmp.unlink(missing_ok=True)
     this_run = {key: sum(g[key] for g in gathered) for key in timings}
@@ -655,8 +660,11 @@ def _finalize(out, o, loaded, source, identity, n, img_shape, map_shape, num_cla
             "outside_explain_share": (busy - inside) / busy if busy > 0 else None,
             "images_this_invocation": images_run,
             "images_per_s": images_run / wall if wall > 0 else None,
-            "note": "this invocation; summed over ranks; data_s = waiting for the DataLoader "
-                    "(reading, decoding, collation), write_s = Zarr/table/commit writing",
+            "all_chunks": timings,
+            "note": "this invocation, summed over ranks (all_chunks: over every chunk's commit record, "
+                    "including earlier interrupted invocations); data_s = waiting for the DataLoader "
+                    "(reading, decoding, collation), explain_s = model + back-projection + dominance, "
+                    "write_s = Zarr chunks, per-image statistics, commit records",
         },
         "identity": identity,
     }
