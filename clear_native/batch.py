@@ -13,7 +13,8 @@ every image of DATA with CLEAR and writes, under ``OUT``:
     * ``--store response``: ``dominant_response`` (N, H, W)
     * ``--store runner_up``: ``runner_up_class``, ``runner_up_response``
     * ``--store focus``: ``target_response`` (positive focus), ``rival_class`` and
-      ``rival_response`` (negative focus)
+      ``rival_response`` (negative focus) of ``target``: the prediction, or with
+      ``--classes LIST`` the listed class with the highest logit
     * ``--store weakest``: ``weakest_class``, ``weakest_response``
 
     Class arrays use the smallest signed integer type that holds C (int8 up to 127
@@ -455,6 +456,13 @@ def _run(o, dist, explainer, loaded, source, t_start) -> BatchSummary:
     ex = make(model, o.method)
 
     def explain(images, target, cls):
+        if isinstance(cls, list) and target is None:
+            # The focus target must be one of the listed classes: the listed class with
+            # the highest logit (the prediction, when it is listed).
+            with torch.no_grad():
+                logits = model(images)
+            listed = torch.tensor(cls, device=logits.device)
+            target = listed[logits[:, listed].argmax(1)]
         return ex(images, target, classes=cls)
 
     def autocast_ctx():

@@ -338,3 +338,19 @@ def test_png_with_a_renderer(monkeypatch, tmp_path):
     assert [p.name for p in pngs] == [f"{i:07d}.png" for i in range(20)]
     dc = _arrays(out)["dominant_class"]
     np.testing.assert_array_equal(np.asarray(Image.open(pngs[3]))[..., 0], dc[3].clip(0).astype(np.uint8) * 25)
+
+
+def test_class_list(tmp_path):
+    data, out = tmp_path / "d.npz", tmp_path / "out"
+    images = _images(40)[0]
+    np.savez(data, images=images)
+    assert explain("--model", MODEL, "--data", data, "--out", out, "--classes", "0,2,4",
+                   "--store", "dominant,focus", "--response-dtype", "float32") == 0
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]
+    model = tiny_model()
+    target = torch.tensor([0, 2, 4])[model(x)[:, [0, 2, 4]].argmax(1)]
+    want = clear_native.Clear(model)(x, target, classes=[0, 2, 4])
+    got = _arrays(out)
+    assert set(np.unique(got["dominant_class"])) <= {0, 2, 4}
+    for f in ("dominant_class", "target", "target_response", "rival_class", "prediction"):
+        np.testing.assert_array_equal(got[f], getattr(want, f).detach().numpy().astype(got[f].dtype), err_msg=f)
