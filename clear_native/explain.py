@@ -100,11 +100,15 @@ class ClearMaps:
         return self.dominant_class.device
 
     def to(self, *args, **kwargs) -> "ClearMaps":
-        """Moves every tensor field (``Tensor.to`` arguments)."""
+        """Moves every tensor field (``Tensor.to`` arguments); a dtype applies to the
+        floating point fields only (class ids stay int64)."""
+        device = torch.empty(0, device=self.device).to(*args, **kwargs).device
         kw = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            kw[f.name] = v.to(*args, **kwargs) if isinstance(v, torch.Tensor) else v
+            if isinstance(v, torch.Tensor):
+                v = v.to(*args, **kwargs) if v.dtype.is_floating_point else v.to(device)
+            kw[f.name] = v
         return ClearMaps(**kw)
 
     def cpu(self) -> "ClearMaps":

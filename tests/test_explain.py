@@ -380,16 +380,17 @@ def test_under_no_grad_and_inference_mode(method):
     want = clear_native.Clear(model, method)(x)
     with torch.no_grad():
         got = clear_native.Clear(model, method)(x)
+        assert not torch.is_grad_enabled()
     torch.testing.assert_close(got.dominant_response, want.dominant_response)
     with torch.inference_mode():
         got = clear_native.Clear(model, method)(x)
     torch.testing.assert_close(got.dominant_response, want.dominant_response)
-    assert not torch.is_grad_enabled() or True
 
 
-def test_autocast_cpu():
-    model, x = make("gap", size=16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+@pytest.mark.parametrize("device", DEVICES)
+def test_autocast(device):
+    model, x = make("gap", device, size=16)
+    with torch.autocast(device, dtype=torch.bfloat16 if device == "cpu" else torch.float16):
         got = clear_native.Clear(model, "deconvnet")(x, keep_class_maps=True)
         cam = clear_native.Clear(model, "cam")(x)
     want = clear_native.Clear(model, "deconvnet")(x, keep_class_maps=True)
@@ -405,7 +406,8 @@ def test_result_helpers():
     assert arrays["dominant_class"].shape == (2, 12, 12) and arrays["class_maps"] is None
     assert arrays["method"] == "deconvnet"
     moved = got.to(torch.float64)
-    assert moved.dominant_response.dtype == torch.float64
+    assert moved.dominant_response.dtype == torch.float64 and moved.logits.dtype == torch.float64
+    assert moved.dominant_class.dtype == torch.int64 and moved.target.dtype == torch.int64
     assert got.cpu().device.type == "cpu"
     assert got.num_classes == NUM_CLASSES
 
