@@ -41,7 +41,8 @@ def _train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result, paths = run_training(
         args.dataset, args.out, epochs=args.epochs, seed=args.seed, subset=args.subset,
-        batch_size=args.batch_size, lr=args.lr, threads=args.threads)
+        batch_size=args.batch_size, lr=args.lr, threads=args.threads,
+        batch_norm=not args.no_batch_norm)
     log = result.log
     print(f"{log['model']}: {log['parameters']} parameters, {log['train_size']} training images, "
           f"{log['epochs']} epochs in {log['train_seconds']:.0f} s, "
@@ -86,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle Adam)")
     train.add_argument("--threads", type=int, default=None,
                        help="torch threads during training (bit-identical results need equal counts)")
+    train.add_argument("--no-batch-norm", action="store_true",
+                       help="train the plain network (default: train with BatchNorm, then fold it)")
     train.set_defaults(func=_train)
     sample = sub.add_parser("sample", help="build the shipped test sample of a built-in model")
     sample.add_argument("dataset", choices=["mnist", "fashion-mnist"])

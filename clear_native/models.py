@@ -25,6 +25,7 @@ __all__ = [
     "MODELS",
     "available_models",
     "build_model",
+    "fold_batchnorm",
     "load_pretrained",
     "weights_path",
     "sha256_file",
@@ -51,25 +52,31 @@ class AllCNN(nn.Module):
     All convolutions are padded ("same"), so every feature map keeps its position on the
     input grid, which the deconvolutional back-projection relies on. 24,202 parameters
     for 10 classes.
+
+    ``batch_norm=True`` inserts BatchNorm2d after each feature convolution; it is used for
+    training only (faster, steadier convergence): :func:`fold_batchnorm` turns the trained
+    network into the plain conv / ReLU / max-pool one above, which is what is shipped.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1,
+                 batch_norm: bool = False) -> None:
         super().__init__()
         if num_classes < 1 or in_channels < 1:
             raise ValueError(
                 f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
         self.num_classes = num_classes
         self.in_channels = in_channels
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 16, kernel_size=5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, kernel_size=3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, kernel_size=3, padding=1),
-            nn.ReLU(),
-        )
+        self.batch_norm = batch_norm
+        layers: list[nn.Module] = []
+        widths = [(in_channels, 16, 5), (16, 32, 3), (32, 64, 3)]
+        for i, (cin, cout, k) in enumerate(widths):
+            layers.append(nn.Conv2d(cin, cout, kernel_size=k, padding=k // 2))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(cout))
+            layers.append(nn.ReLU())
+            if i < 2:
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
         # The paper's last layer: one kernel per class, then global average pooling.
         self.classifier = nn.Conv2d(64, num_classes, kernel_size=1)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -84,6 +91,28 @@ class AllCNN(nn.Module):
             raise ValueError(
                 f"expected input (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
         return torch.flatten(self.pool(self.class_maps(x)), 1)
+
+
+@torch.no_grad()
+def fold_batchnorm(model: AllCNN) -> AllCNN:
+    """The equivalent plain :class:`AllCNN` (no BatchNorm) of an eval-mode ``batch_norm`` one.
+
+    Each ``Conv -> BN`` pair becomes one convolution:
+    ``w' = w * g / sqrt(v + eps)``, ``b' = (b - m) * g / sqrt(v + eps) + beta``.
+    """
+    if not model.batch_norm:
+        return model
+    plain = AllCNN(model.num_classes, model.in_channels, batch_norm=False)
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    bns = [m for m in model.features if isinstance(m, nn.BatchNorm2d)]
+    targets = [m for m in plain.features if isinstance(m, nn.Conv2d)]
+    for conv, bn, dst in zip(convs, bns, targets, strict=True):
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        dst.weight.copy_(conv.weight * scale[:, None, None, None])
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        dst.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    plain.classifier.load_state_dict(model.classifier.state_dict())
+    return plain.to(next(model.parameters()).device).eval()
 
 
 @dataclass(frozen=True)
@@ -110,10 +139,11 @@ def _spec(name: str) -> ModelSpec:
     return MODELS[key]
 
 
-def build_model(name: str = "mnist") -> AllCNN:
+def build_model(name: str = "mnist", batch_norm: bool = False) -> AllCNN:
     """A freshly initialised (untrained) network for the built-in model ``name``."""
     spec = _spec(name)
-    return AllCNN(num_classes=spec.num_classes, in_channels=spec.in_channels)
+    return AllCNN(num_classes=spec.num_classes, in_channels=spec.in_channels,
+                  batch_norm=batch_norm)
 
 
 def weights_path(name: str = "mnist") -> Path:

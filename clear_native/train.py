@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from clear_native.data import ImageSet, load_dataset, to_tensor
-from clear_native.models import MODELS, AllCNN, _spec, build_model, sha256_file
+from clear_native.models import MODELS, AllCNN, _spec, build_model, fold_batchnorm, sha256_file
 
 __all__ = ["TrainResult", "train_model", "evaluate", "save_result", "run_training"]
 
@@ -83,6 +83,7 @@ def train_model(
     batch_size: int = 128,
     lr: float = 3e-3,
     threads: int | None = None,
+    batch_norm: bool = True,
     progress: bool = False,
 ) -> TrainResult:
     """Train the built-in architecture for model ``name`` on ``train``.
@@ -97,6 +98,9 @@ def train_model(
         threads: ``torch.set_num_threads`` during training (restored afterwards);
             None keeps the current setting. Results are only bit-identical at equal
             thread counts.
+        batch_norm: train with BatchNorm after each feature convolution, then fold it into
+            the convolutions (:func:`~clear_native.models.fold_batchnorm`); the returned
+            model is always the plain conv / ReLU / max-pool network.
     """
     if epochs < 1 or batch_size < 1 or len(train) == 0:
         raise ValueError(
@@ -114,7 +118,7 @@ def train_model(
     with _deterministic(threads):
         used_threads = torch.get_num_threads()
         torch.manual_seed(seed)
-        model = build_model(spec.name)
+        model = build_model(spec.name, batch_norm=batch_norm)
         gen = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -149,6 +153,7 @@ def train_model(
             epochs_log.append(entry)
     model.eval()
     train_seconds = time.perf_counter() - t_start
+    model = fold_batchnorm(model)
     info: dict[str, Any] = {
         "model": spec.name,
         "dataset": spec.dataset,
@@ -161,6 +166,8 @@ def train_model(
         "lr": lr,
         "threads": used_threads,
         "deterministic_algorithms": True,
+        "batch_norm": "trained with BatchNorm2d, folded into the convolutions" if batch_norm
+                      else "none",
         "preprocessing": "float32(uint8) / 255, no normalisation",
         "train_size": n,
         "test_size": len(test) if test is not None else 0,
@@ -201,6 +208,7 @@ def run_training(
     batch_size: int = 128,
     lr: float = 3e-3,
     threads: int | None = None,
+    batch_norm: bool = True,
     progress: bool = True,
 ) -> tuple[TrainResult, dict[str, Path]]:
     """Load the full data set ``name``, train, evaluate on the test split, save to ``out``.
@@ -219,7 +227,8 @@ def run_training(
         test = ImageSet(test.images[:subset], test.labels[:subset], test.name,
                         None if test.index is None else test.index[:subset])
     result = train_model(spec.name, train, test, epochs=epochs, seed=seed,
-                         batch_size=batch_size, lr=lr, threads=threads, progress=progress)
+                         batch_size=batch_size, lr=lr, threads=threads,
+                         batch_norm=batch_norm, progress=progress)
     result.log["subset"] = subset
     return result, save_result(result, out)
 
