@@ -31,8 +31,8 @@ every image of DATA with CLEAR and writes, under ``OUT``:
 ``OUT/manifest.json``  arguments, versions, model / data fingerprints, shapes, counts,
     errors and the time spent reading data, explaining and writing. Written last: its
     presence means the run is complete.
-``OUT/run.json``, ``OUT/chunks/*.json``  the run's identity and one commit record per
-    chunk (written with write-then-rename after the chunk's arrays are written).
+``OUT/run.json``, ``OUT/arrays.json``, ``OUT/chunks/*.json``  the run's identity, the
+    arrays' creation record and one commit record per chunk (written with write-then-rename after the chunk's arrays are written).
 
 A run killed at any moment and started again with the same arguments redoes only the
 chunks without a commit record, and ends with the same results as an uninterrupted run.
@@ -384,11 +384,14 @@ def _create_arrays(root: Path, o: BatchOptions, n: int, map_shape, num_classes: 
     for item in o.store:
         for name, kind in _STORE_FIELDS.get(item, ()):
             specs[name] = ((n, *map_shape), cdt if kind == "class" else rdt, -1 if kind == "class" else np.nan)
-    group = zarr.open_group(str(root), mode="a")
+    done = root.parent / "arrays.json"  # written once every array exists (a kill may cut creation short)
+    if _read_json(done) is not None:
+        return specs
+    group = zarr.open_group(str(root), mode="w")
     for name, (shape, dt, fill) in specs.items():
-        if name in group:
-            continue
-        group.create_array(name, shape=shape, chunks=(b, *shape[1:]), dtype=dt, fill_value=fill)
+        group.create_array(name, shape=shape, chunks=(b, *shape[1:]), dtype=dt, fill_value=fill,
+                           overwrite=True)
+    _write_json_atomic(done, sorted(specs))
     return specs
 
 
