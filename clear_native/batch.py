@@ -521,6 +521,25 @@ def _run(o, dist, explainer, loaded, source, t_start) -> BatchSummary:
     bar = tqdm(total=sum(chunks[k][1] - chunks[k][0] for k in todo), unit="img", dynamic_ncols=True,
                disable=not o.progress or dist.rank != 0,
                desc=f"explain (rank 0/{dist.world})" if dist.active else "explain")
+    writer_busy = [0.0]
+
+    def commit(k, start, stop, blocks, record, prep_s):
+        """Writes chunk k's arrays, flushes them, then its commit record (write-then-rename)."""
+        t = time.perf_counter()
+        for name, arr in arrays.items():
+            arr[start:stop] = blocks[name]
+        _fsync_chunk(out / "clear.zarr", arrays, k)
+        if delay:
+            time.sleep(delay)
+        record["timings"]["write_s"] = prep_s + time.perf_counter() - t
+        _write_json_atomic(chunk_dir / f"{k:06d}.json", record)
+        writer_busy[0] += time.perf_counter() - t
+
+    import collections
+    from concurrent.futures import ThreadPoolExecutor
+
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clear-native-writer")
+    pending = collections.deque()
     t_data = t_explain = t_write = 0.0
     images_run = errors_run = 0
     it = iter(loader)
@@ -559,12 +578,6 @@ def _run(o, dist, explainer, loaded, source, t_start) -> BatchSummary:
                 stats[r] = s
             if render is not None:
                 _write_pngs(out / "png", render, maps, batch["good"], num_classes)
-        for name, arr in arrays.items():
-            arr[start:stop] = blocks[name]
-        _fsync_chunk(out / "clear.zarr", arrays, k)
-        if delay:
-            time.sleep(delay)
-        t3 = time.perf_counter()
         table = []
         for r in range(m):
             i = start + r
@@ -574,10 +587,14 @@ def _run(o, dist, explainer, loaded, source, t_start) -> BatchSummary:
                           "error": err, **(stats[r] or {"prediction_share": None, "top_dominant": -1,
                                                         "agrees": False, "dominant_classes": [],
                                                         "dominant_shares": []})})
-        _write_json_atomic(chunk_dir / f"{k:06d}.json", {
-            "chunk": k, "start": start, "stop": stop, "rows": table,
-            "errors": [{"index": i, "key": source.keys[i], "reason": e} for i, e in batch["errors"]],
-            "timings": {"data_s": t1 - t0, "explain_s": t2 - t1, "write_s": t3 - t2}})
+        record = {"chunk": k, "start": start, "stop": stop, "rows": table,
+                  "errors": [{"index": i, "key": source.keys[i], "reason": e} for i, e in batch["errors"]],
+                  "timings": {"data_s": t1 - t0, "explain_s": t2 - t1}}
+        # The writer thread stores the chunk while the next batch is explained; at most
+        # two chunks wait, so memory stays bounded and errors surface promptly.
+        while len(pending) >= 2:
+            pending.popleft().result()
+        pending.append(writer.submit(commit, k, start, stop, blocks, record, time.perf_counter() - t2))
         t4 = time.perf_counter()
         images_run += m
         t_data += t1 - t0
@@ -586,10 +603,16 @@ def _run(o, dist, explainer, loaded, source, t_start) -> BatchSummary:
         bar.update(m)
         errors_run += len(batch["errors"])
         bar.set_postfix(errors=errors_run, refresh=False)
+    t5 = time.perf_counter()
+    while pending:
+        pending.popleft().result()
+    writer.shutdown()
+    t_write += time.perf_counter() - t5
     bar.close()
     del it, loader
 
-    local = {"chunks_run": len(todo), "images_run": images_run, "data_s": t_data, "explain_s": t_explain, "write_s": t_write}
+    local = {"chunks_run": len(todo), "images_run": images_run, "data_s": t_data, "explain_s": t_explain, "write_s": t_write,
+             "writer_busy_s": writer_busy[0]}
     gathered = dist.all_gather(local)
     summary = None
     if dist.rank == 0:
@@ -671,11 +694,14 @@ def _finalize(out, o, loaded, source, identity, n, img_shape, map_shape, num_cla
             "outside_explain_share": (busy - inside) / busy if busy > 0 else None,
             "images_this_invocation": images_run,
             "images_per_s": images_run / wall if wall > 0 else None,
+            "writer_busy_s": sum(g["writer_busy_s"] for g in gathered),
             "all_chunks": timings,
             "note": "this invocation, summed over ranks (all_chunks: over every chunk's commit record, "
                     "including earlier interrupted invocations); data_s = waiting for the DataLoader "
                     "(reading, decoding, collation), explain_s = model + back-projection + dominance, "
-                    "write_s = Zarr chunks, per-image statistics, commit records",
+                    "write_s = time the loop spent on results (to numpy, per-image statistics) and "
+                    "waiting for the writer thread, which stores Zarr chunks and commit records "
+                    "while the next batch is explained (writer_busy_s: its own busy time)",
         },
         "identity": identity,
     }
