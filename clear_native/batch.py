@@ -25,8 +25,12 @@ every image of DATA with CLEAR and writes, under ``OUT``:
     relative to DATA, or the index), ``label``, ``prediction``, ``valid``,
     ``prediction_share`` (share of the pixels whose dominant class is the prediction),
     ``top_dominant`` (the class dominating most pixels), ``agrees`` (top_dominant ==
-    prediction), ``dominant_classes`` / ``dominant_shares`` (every class dominating at
-    least one pixel, with its share of the pixels), ``error``.
+    prediction), ``strong_share`` (share of "strong" pixels: dominant response at least
+    0.1 x the image's largest; background pixels with no evidence are not strong) and
+    ``prediction_share_strong`` (share of the strong pixels dominated by the prediction),
+    ``dominant_classes`` / ``dominant_shares`` (every class dominating at least one
+    pixel, with its share of the pixels), ``error``. (A pixel where every class
+    responds 0, e.g. black background under deconvnet, is a tie and goes to class 0.)
 ``OUT/errors.json``  ``[{"index", "key", "reason"}]`` of the images that were skipped.
 ``OUT/manifest.json``  arguments, versions, model / data fingerprints, shapes, counts,
     errors and the time spent reading data, explaining and writing. Written last: its
@@ -395,12 +399,19 @@ def _create_arrays(root: Path, o: BatchOptions, n: int, map_shape, num_classes: 
     return specs
 
 
-def _chunk_stats(dc: np.ndarray, pred: np.ndarray, num_classes: int) -> list[dict]:
-    """Per-image dominance statistics of (n, H, W) dominant classes."""
+STRONG = 0.1  # "strong" pixels: dominant response >= STRONG x the image's largest
+
+
+def _chunk_stats(dc: np.ndarray, dr: np.ndarray, pred: np.ndarray, num_classes: int) -> list[dict]:
+    """Per-image dominance statistics of (n, H, W) dominant classes / responses."""
     rows = []
     hw = dc[0].size if len(dc) else 1
     for k in range(len(dc)):
         flat = dc[k].reshape(-1)
+        resp = np.nan_to_num(dr[k].reshape(-1).astype(np.float32), nan=-np.inf)
+        top_resp = resp.max() if resp.size else 0.0
+        strong = (resp >= STRONG * top_resp) & (flat >= 0) if top_resp > 0 else np.zeros_like(flat, bool)
+        n_strong = int(strong.sum())
         counts = np.bincount(flat[flat >= 0].astype(np.int64), minlength=num_classes)
         present = np.nonzero(counts)[0]
         top = int(counts.argmax()) if counts.sum() else -1
@@ -408,6 +419,9 @@ def _chunk_stats(dc: np.ndarray, pred: np.ndarray, num_classes: int) -> list[dic
             "prediction_share": float(np.float32(counts[pred[k]] / hw)) if pred[k] >= 0 else None,
             "top_dominant": top,
             "agrees": bool(top == pred[k]),
+            "strong_share": float(np.float32(n_strong / hw)),
+            "prediction_share_strong": (float(np.float32((flat[strong] == pred[k]).sum() / n_strong))
+                                        if n_strong and pred[k] >= 0 else None),
             "dominant_classes": present.tolist(),
             "dominant_shares": [float(np.float32(c / hw)) for c in counts[present]],
         })
@@ -574,7 +588,8 @@ def _run(o, dist, explainer, loaded, source, t_start) -> BatchSummary:
                 v = v.detach().float().cpu().numpy() if v.dtype.is_floating_point else v.cpu().numpy()
                 blocks[name][rows] = v.astype(blocks[name].dtype, copy=False)
             dc = maps.dominant_class.cpu().numpy()
-            for r, s in zip(rows, _chunk_stats(dc, pred, num_classes)):
+            dr = maps.dominant_response.detach().float().cpu().numpy()
+            for r, s in zip(rows, _chunk_stats(dc, dr, pred, num_classes)):
                 stats[r] = s
             if render is not None:
                 _write_pngs(out / "png", render, maps, batch["good"], num_classes)
@@ -584,7 +599,8 @@ def _run(o, dist, explainer, loaded, source, t_start) -> BatchSummary:
             err = next((e for j, e in batch["errors"] if j == i), None)
             table.append({"index": i, "key": source.keys[i], "label": int(batch["labels"][r]),
                           "prediction": int(blocks["prediction"][r]), "valid": err is None,
-                          "error": err, **(stats[r] or {"prediction_share": None, "top_dominant": -1,
+                          "error": err, **(stats[r] or {"prediction_share": None, "top_dominant": -1, "strong_share": None,
+                                                        "prediction_share_strong": None,
                                                         "agrees": False, "dominant_classes": [],
                                                         "dominant_shares": []})})
         record = {"chunk": k, "start": start, "stop": stop, "rows": table,
@@ -712,14 +728,15 @@ def _finalize(out, o, loaded, source, identity, n, img_shape, map_shape, num_cla
 
 def _write_table(out: Path, rows: list[dict], fmt: str) -> None:
     cols = ["index", "key", "label", "prediction", "valid", "prediction_share", "top_dominant", "agrees",
-            "dominant_classes", "dominant_shares", "error"]
+            "strong_share", "prediction_share_strong", "dominant_classes", "dominant_shares", "error"]
     if fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         types = {"index": pa.int64(), "key": pa.string(), "label": pa.int64(), "prediction": pa.int32(),
                  "valid": pa.bool_(), "prediction_share": pa.float32(), "top_dominant": pa.int32(),
-                 "agrees": pa.bool_(), "dominant_classes": pa.list_(pa.int32()),
+                 "agrees": pa.bool_(), "strong_share": pa.float32(), "prediction_share_strong": pa.float32(),
+                 "dominant_classes": pa.list_(pa.int32()),
                  "dominant_shares": pa.list_(pa.float32()), "error": pa.string()}
         table = pa.table({c: pa.array([r[c] for r in rows], type=types[c]) for c in cols})
         tmp = out / ".table.parquet.tmp"

@@ -136,6 +136,10 @@ def test_results_equal_python_api(npz, reference_run):
         assert rows[i]["top_dominant"] == counts.argmax()
         assert rows[i]["agrees"] == (counts.argmax() == pred[i])
         assert rows[i]["label"] == labels[i] and rows[i]["prediction"] == pred[i]
+        dr = cat["dominant_response"][i]
+        strong = dr >= 0.1 * dr.max()
+        assert rows[i]["strong_share"] == pytest.approx(strong.mean(), abs=1e-6)
+        assert rows[i]["prediction_share_strong"] == pytest.approx((dc[i][strong] == pred[i]).mean(), abs=1e-6)
 
     manifest = json.loads((reference_run / "manifest.json").read_text())
     assert manifest["counts"]["images"] == N_IMAGES and manifest["counts"]["errors"] == 0
