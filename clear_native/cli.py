@@ -29,6 +29,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    """Batch explanation of a data set (see :mod:`clear_native.batch`)."""
+    from clear_native import batch
+
+    return batch.main(args)
+
+
 def _train(args: argparse.Namespace) -> int:
     """Train a built-in model, write weights, checksum and log to --out."""
     import logging
@@ -78,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--out", default="clear-eval")
     ev.set_defaults(func=_evaluate)
+    explain = sub.add_parser(
+        "explain", help="explain every image of a data set; results to Zarr + Parquet, resumable",
+        description="Explain every image of DATA with CLEAR and write the maps (Zarr), a per-image "
+                    "table, errors and a manifest under OUT. Re-running the same command resumes. "
+                    "Exit status: 0 done, 2 bad arguments, 3 done but some images were skipped.")
+    from clear_native.batch import add_arguments
+
+    add_arguments(explain)
+    explain.set_defaults(func=_explain)
     train = sub.add_parser("train", help="train a built-in model (mnist, fashion-mnist)")
     train.add_argument("dataset", choices=["mnist", "fashion-mnist"])
     train.add_argument("--epochs", type=int, default=5)

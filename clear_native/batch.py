@@ -1,0 +1,812 @@
+"""Batch explanation of a whole data set, resumable, on one or many processes.
+
+``clear-native explain --model MODEL --data DATA --out OUT`` (or :func:`run`) explains
+every image of DATA with CLEAR and writes, under ``OUT``:
+
+``OUT/clear.zarr/<name>``  Zarr (v3) arrays, first axis = data set index ``i``
+    (``zarr.open("OUT/clear.zarr/dominant_class")`` opens one lazily as a whole array;
+    chunks hold ``--batch-size`` images):
+
+    * always: ``prediction`` (N,), ``target`` (N,), ``label`` (N,) int64 (-1: none),
+      ``logits`` (N, C) float32, ``valid`` (N,) bool (False: the image could not be read).
+    * ``--store dominant``: ``dominant_class`` (N, H, W)
+    * ``--store response``: ``dominant_response`` (N, H, W)
+    * ``--store runner_up``: ``runner_up_class``, ``runner_up_response``
+    * ``--store focus``: ``target_response`` (positive focus), ``rival_class`` and
+      ``rival_response`` (negative focus) of ``target``: the prediction, or with
+      ``--classes LIST`` the listed class with the highest logit
+    * ``--store weakest``: ``weakest_class``, ``weakest_response``
+
+    Class arrays use the smallest signed integer type that holds C (int8 up to 127
+    classes, int16 up to 32767, else int32) with ``-1`` for "no class"; responses are
+    float16 (default) or float32 (``--response-dtype``), NaN for none. Rows of images
+    that could not be read keep the fill values (-1 / NaN / logits NaN).
+``OUT/table.parquet`` (or ``table.csv``)  one row per image: ``index``, ``key`` (path
+    relative to DATA, or the index), ``label``, ``prediction``, ``valid``,
+    ``prediction_share`` (share of the pixels whose dominant class is the prediction),
+    ``top_dominant`` (the class dominating most pixels), ``agrees`` (top_dominant ==
+    prediction), ``strong_share`` (share of "strong" pixels: dominant response at least
+    0.1 x the image's largest; background pixels with no evidence are not strong) and
+    ``prediction_share_strong`` (share of the strong pixels dominated by the prediction),
+    ``dominant_classes`` / ``dominant_shares`` (every class dominating at least one
+    pixel, with its share of the pixels), ``error``. (A pixel where every class
+    responds 0, e.g. black background under deconvnet, is a tie and goes to class 0.)
+``OUT/errors.json``  ``[{"index", "key", "reason"}]`` of the images that were skipped.
+``OUT/manifest.json``  arguments, versions, model / data fingerprints, shapes, counts,
+    errors and the time spent reading data, explaining and writing. Written last: its
+    presence means the run is complete.
+``OUT/run.json``, ``OUT/arrays.json``, ``OUT/chunks/*.json``  the run's identity, the
+    arrays' creation record and one commit record per chunk (written with write-then-rename after the chunk's arrays are written).
+
+A run killed at any moment and started again with the same arguments redoes only the
+chunks without a commit record, and ends with the same results as an uninterrupted run.
+Another model / data / result-changing option under the same OUT is refused unless
+``--overwrite`` (which always starts afresh, deleting what OUT holds). Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK set) chunk ``k`` is
+explained by rank ``k % WORLD_SIZE``; rank 0 writes the table and manifest once every
+rank is done. The results do not depend on the number of processes, and a run may be
+resumed with another number of processes. Across nodes, OUT must be on a file system
+that every node sees. Exit status: 0, 2 (bad arguments), 3 (some images skipped; under
+torchrun the launcher reports any non-zero status as a failure).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from clear_native.io import BatchError, DataSource, LoadedModel, load_data, load_model, to_chw_float
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "clear-native-batch/1"
+EXIT_OK, EXIT_USAGE, EXIT_ERRORS = 0, 2, 3
+STORE_CHOICES = ("dominant", "response", "runner_up", "focus", "weakest", "png")
+_STORE_FIELDS = {
+    "dominant": (("dominant_class", "class"),),
+    "response": (("dominant_response", "response"),),
+    "runner_up": (("runner_up_class", "class"), ("runner_up_response", "response")),
+    "focus": (("target_response", "response"), ("rival_class", "class"), ("rival_response", "response")),
+    "weakest": (("weakest_class", "class"), ("weakest_response", "response")),
+}
+# Test hook: seconds to sleep between writing a chunk's arrays and committing it.
+_DELAY_ENV = "CLEAR_NATIVE_BATCH_TEST_DELAY"
+
+
+@dataclass
+class BatchOptions:
+    """Arguments of a batch run (the command line's options)."""
+
+    out: str
+    model: str | None = None
+    data: str | None = None
+    method: str = "deconvnet"
+    classes: str = "all"          # "all", "top-K" or a comma-separated list of class ids
+    batch_size: int = 64          # images per batch = per Zarr chunk = per commit
+    device: str = "cpu"           # "cpu", "cuda", "cuda:1", "auto"
+    dtype: str = "float32"        # model and input dtype: float32 / float64 / bfloat16 / float16
+    autocast: str | None = None   # None, "bfloat16" or "float16": torch.autocast around the model
+    workers: int = 0              # DataLoader worker processes
+    store: tuple[str, ...] = ("dominant", "response")
+    response_dtype: str = "float16"
+    table: str = "parquet"        # "parquet" or "csv"
+    overwrite: bool = False
+    progress: bool = True
+
+    def identity(self) -> dict:
+        """The options that change the results (compared when resuming)."""
+        return {k: getattr(self, k) for k in ("method", "classes", "batch_size", "dtype", "autocast",
+                                              "response_dtype", "table")} | {
+            "store": sorted(self.store)}
+
+
+@dataclass
+class BatchSummary:
+    out: str
+    images: int
+    explained: int
+    errors: list[dict]
+    chunks: int
+    chunks_run: int               # chunks explained by this invocation (all ranks)
+    wall_s: float
+    images_per_s: float
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_ERRORS if self.errors else EXIT_OK
+
+
+# -- small helpers ------------------------------------------------------------------------
+
+def class_dtype(num_classes: int) -> np.dtype:
+    """Smallest signed integer type holding class ids 0..C-1 and -1."""
+    if num_classes <= 127:
+        return np.dtype(np.int8)
+    if num_classes <= 32767:
+        return np.dtype(np.int16)
+    return np.dtype(np.int32)
+
+
+def parse_classes(spec: str | None):
+    """``"all"`` -> None, ``"top-K"`` -> K, ``"1,2,3"`` -> [1, 2, 3]."""
+    if spec is None or spec == "all":
+        return None
+    if spec.startswith("top-"):
+        try:
+            k = int(spec[4:])
+        except ValueError:
+            k = 0
+        if k < 1:
+            raise BatchError(f"--classes {spec!r}: top-K needs an integer K >= 1")
+        return k
+    try:
+        ids = [int(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        ids = []
+    if not ids:
+        raise BatchError(f"--classes {spec!r}: expected 'all', 'top-K' or a comma-separated list of class ids")
+    return ids
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True, allow_nan=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _fsync_chunk(root: Path, arrays: dict, k: int) -> None:
+    """fsyncs the files of chunk ``k`` of every array, so that its commit record (written
+    next) never reaches the disk before its data. Zarr v3 default chunk keys:
+    ``<array>/c/<k>/0/...``; a chunk equal to the fill value is not written at all."""
+    for name, arr in arrays.items():
+        path = root / name / "c" / str(k)
+        for _ in range(arr.ndim - 1):
+            path = path / "0"
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class _Dist:
+    """torchrun's RANK / WORLD_SIZE / LOCAL_RANK, and the process group when > 1."""
+
+    def __init__(self, device: str):
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.active = self.world > 1
+        if self.active and not torch.distributed.is_initialized():
+            backend = "nccl" if device.startswith("cuda") and torch.distributed.is_nccl_available() else "gloo"
+            if backend == "nccl":
+                torch.cuda.set_device(self.local_rank)
+            torch.distributed.init_process_group(backend)
+            self._own = True
+        else:
+            self._own = False
+
+    def barrier(self) -> None:
+        if self.active:
+            torch.distributed.barrier()
+
+    def broadcast(self, obj):
+        """rank 0's ``obj`` on every rank."""
+        if not self.active:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_gather(self, obj) -> list:
+        if not self.active:
+            return [obj]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self._own and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+# -- reading ------------------------------------------------------------------------------
+
+class _Items(torch.utils.data.Dataset):
+    """Items of a data source as (index, image (ch, H, W) | None, label, error | None)."""
+
+    def __init__(self, source: DataSource, preprocess: Callable | None):
+        self.reader = source.reader
+        self.preprocess = preprocess
+        self.n = len(source)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        try:
+            img, label = self.reader.read(i)
+            return i, to_chw_float(img, self.preprocess), int(label), None
+        except Exception as e:  # noqa: BLE001 - a bad image is recorded, never fatal
+            try:  # the label is often known without reading the image (class sub-folders)
+                label = int(self.reader.label(i)) if hasattr(self.reader, "label") else -1
+            except Exception:  # noqa: BLE001
+                label = -1
+            return i, None, label, f"{type(e).__name__}: {e}"
+
+
+class _Collate:
+    def __init__(self, shape: tuple[int, ...] | None):
+        self.shape = shape
+
+    def __call__(self, items):
+        good, errors, labels, indices = [], [], [], []
+        for i, img, label, err in items:
+            indices.append(i)
+            labels.append(label)
+            if err is None and self.shape is not None and tuple(img.shape) != self.shape:
+                err = f"image shape {tuple(img.shape)} differs from the run's {self.shape}"
+            if err is not None:
+                errors.append((i, err))
+            else:
+                good.append((i, img))
+        images = torch.stack([g[1] for g in good]) if good else None
+        return {"indices": indices, "labels": labels, "good": [g[0] for g in good],
+                "images": images, "errors": errors}
+
+
+# -- the run ------------------------------------------------------------------------------
+
+def _default_explainer(model: torch.nn.Module, method: str):
+    import clear_native
+
+    if not hasattr(clear_native, "Clear"):
+        raise BatchError("clear_native.Clear is not available in this build")
+    return clear_native.Clear(model, method=method)
+
+
+def _resolve_device(device: str, dist: _Dist) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise BatchError(f"--device {device!r}: CUDA is not available")
+        if device == "cuda":
+            device = f"cuda:{dist.local_rank}" if dist.active else "cuda"
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise BatchError(f"--device {device!r}: {e}") from e
+
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+           "float16": torch.float16}
+
+
+def _check_options(o: BatchOptions) -> None:
+    if o.batch_size < 1:
+        raise BatchError(f"--batch-size must be >= 1, got {o.batch_size}")
+    if o.workers < 0:
+        raise BatchError(f"--workers must be >= 0, got {o.workers}")
+    if o.dtype not in _DTYPES:
+        raise BatchError(f"--dtype must be one of {sorted(_DTYPES)}, got {o.dtype!r}")
+    if o.autocast not in (None, "bfloat16", "float16"):
+        raise BatchError(f"--autocast must be bfloat16 or float16, got {o.autocast!r}")
+    if o.response_dtype not in ("float16", "float32"):
+        raise BatchError(f"--response-dtype must be float16 or float32, got {o.response_dtype!r}")
+    if o.table not in ("parquet", "csv"):
+        raise BatchError(f"--table must be parquet or csv, got {o.table!r}")
+    bad = [s for s in o.store if s not in STORE_CHOICES]
+    if bad:
+        raise BatchError(f"--store: unknown item(s) {bad}; choose from {', '.join(STORE_CHOICES)}")
+    parse_classes(o.classes)
+    if "png" in o.store:
+        import importlib.util
+
+        if importlib.util.find_spec("clear_native.render") is None:
+            raise BatchError("--store png needs clear_native.render (the CLEAR image renderer), which "
+                             "this build does not have; drop 'png' from --store")
+    if o.table == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError as e:
+            raise BatchError("--table parquet needs pyarrow (pip install pyarrow); or use --table csv") from e
+    try:
+        import zarr  # noqa: F401
+    except ImportError as e:
+        raise BatchError("batch explanation writes Zarr arrays: pip install 'zarr>=3'") from e
+
+
+def _probe(items: _Items, explain: Callable, device, dtype, autocast_ctx, classes, n: int):
+    """(image shape, map shape, C) from the first readable image."""
+    for i in range(n):
+        _, img, _, err = items[i]
+        if err is None:
+            with autocast_ctx():
+                maps = explain(img[None].to(device, dtype), None, classes)
+            return tuple(img.shape), tuple(maps.dominant_class.shape[1:]), int(maps.logits.shape[1])
+    raise BatchError("no image of DATA could be read (every item failed); nothing to explain")
+
+
+def _prepare_out(out: Path, identity: dict, overwrite: bool) -> bool:
+    """Checks / creates OUT on rank 0. True when resuming an earlier run."""
+    run_json = out / "run.json"
+    if out.exists() and not out.is_dir():
+        raise BatchError(f"--out {str(out)!r} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        old = _read_json(run_json)
+        if old == identity and not overwrite:
+            return True
+        if not overwrite:
+            if old is None:
+                raise BatchError(f"--out {str(out)!r} is not empty and holds no clear-native run; "
+                                 "choose another folder or pass --overwrite to replace its contents")
+            diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+            raise BatchError(f"--out {str(out)!r} holds a different run (differs in: {', '.join(diff)}); "
+                             "use another --out, the same arguments to resume, or --overwrite")
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "chunks").mkdir(exist_ok=True)
+    _write_json_atomic(run_json, identity)
+    return False
+
+
+def _create_arrays(root: Path, o: BatchOptions, n: int, map_shape, num_classes: int):
+    import zarr
+
+    cdt = class_dtype(num_classes)
+    rdt = np.dtype(o.response_dtype)
+    b = o.batch_size
+    specs = {"prediction": ((n,), cdt, -1), "target": ((n,), cdt, -1), "label": ((n,), np.int64, -1),
+             "logits": ((n, num_classes), np.float32, np.nan), "valid": ((n,), np.bool_, False)}
+    for item in o.store:
+        for name, kind in _STORE_FIELDS.get(item, ()):
+            specs[name] = ((n, *map_shape), cdt if kind == "class" else rdt, -1 if kind == "class" else np.nan)
+    done = root.parent / "arrays.json"  # written once every array exists (a kill may cut creation short)
+    if _read_json(done) is not None:
+        return specs
+    group = zarr.open_group(str(root), mode="w")
+    for name, (shape, dt, fill) in specs.items():
+        group.create_array(name, shape=shape, chunks=(b, *shape[1:]), dtype=dt, fill_value=fill,
+                           overwrite=True)
+    _write_json_atomic(done, sorted(specs))
+    return specs
+
+
+STRONG = 0.1  # "strong" pixels: dominant response >= STRONG x the image's largest
+
+
+def _chunk_stats(dc: np.ndarray, dr: np.ndarray, pred: np.ndarray, num_classes: int) -> list[dict]:
+    """Per-image dominance statistics of (n, H, W) dominant classes / responses."""
+    rows = []
+    hw = dc[0].size if len(dc) else 1
+    for k in range(len(dc)):
+        flat = dc[k].reshape(-1)
+        resp = np.nan_to_num(dr[k].reshape(-1).astype(np.float32), nan=-np.inf)
+        top_resp = resp.max() if resp.size else 0.0
+        strong = (resp >= STRONG * top_resp) & (flat >= 0) if top_resp > 0 else np.zeros_like(flat, bool)
+        n_strong = int(strong.sum())
+        counts = np.bincount(flat[flat >= 0].astype(np.int64), minlength=num_classes)
+        present = np.nonzero(counts)[0]
+        top = int(counts.argmax()) if counts.sum() else -1
+        rows.append({
+            "prediction_share": float(np.float32(counts[pred[k]] / hw)) if pred[k] >= 0 else None,
+            "top_dominant": top,
+            "agrees": bool(top == pred[k]),
+            "strong_share": float(np.float32(n_strong / hw)),
+            "prediction_share_strong": (float(np.float32((flat[strong] == pred[k]).sum() / n_strong))
+                                        if n_strong and pred[k] >= 0 else None),
+            "dominant_classes": present.tolist(),
+            "dominant_shares": [float(np.float32(c / hw)) for c in counts[present]],
+        })
+    return rows
+
+
+def _chunk_ranges(n: int, b: int) -> list[tuple[int, int]]:
+    return [(s, min(s + b, n)) for s in range(0, n, b)]
+
+
+def run(options: BatchOptions, *, explainer: Callable[[torch.nn.Module, str], Callable] | None = None,
+        model: LoadedModel | None = None, data: DataSource | None = None) -> BatchSummary:
+    """Explains every image of ``options.data`` and writes the results under ``options.out``.
+
+    Args:
+        options: the run's arguments (see :class:`BatchOptions`).
+        explainer: ``explainer(model, method)`` -> a callable
+            ``(images (N, ch, H, W), target, classes)`` returning an object with the
+            fields of :class:`clear_native.ClearMaps` (default: :class:`clear_native.Clear`).
+        model, data: already loaded inputs (default: from ``options.model`` / ``.data``).
+
+    Returns:
+        A :class:`BatchSummary` (``exit_code`` is 3 when some images were skipped).
+
+    Raises:
+        BatchError: bad arguments or inputs, with a message for the user.
+    """
+    t_start = time.perf_counter()
+    o = options
+    _check_options(o)
+    dist = _Dist(o.device)
+    try:
+        return _run(o, dist, explainer, model, data, t_start)
+    finally:
+        dist.close()
+
+
+def _run(o, dist, explainer, loaded, source, t_start) -> BatchSummary:
+    device = _resolve_device(o.device, dist)
+    dtype = _DTYPES[o.dtype]
+    classes = parse_classes(o.classes)
+    loaded = loaded or load_model(o.model)
+    source = source or load_data(o.data)
+    n = len(source)
+    if n == 0:
+        raise BatchError(f"--data {source.spec!r} holds no items")
+    model = loaded.model.to(device=device, dtype=dtype)
+    make = explainer or _default_explainer
+    ex = make(model, o.method)
+
+    def explain(images, target, cls):
+        if isinstance(cls, list) and target is None:
+            # The focus target must be one of the listed classes: the listed class with
+            # the highest logit (the prediction, when it is listed).
+            with torch.no_grad():
+                logits = model(images)
+            listed = torch.tensor(cls, device=logits.device)
+            target = listed[logits[:, listed].argmax(1)]
+        return ex(images, target, classes=cls)
+
+    def autocast_ctx():
+        if o.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=_DTYPES[o.autocast])
+
+    preprocess = loaded.preprocess or source.preprocess
+    items = _Items(source, preprocess)
+    img_shape, map_shape, num_classes = _probe(items, explain, device, dtype, autocast_ctx, classes, n)
+
+    out = Path(o.out)
+    identity = {"format": FORMAT, "model": loaded.fingerprint, "data": source.fingerprint,
+                "images": n, "image_shape": list(img_shape), **o.identity()}
+    status = None
+    if dist.rank == 0:
+        try:
+            resumed = _prepare_out(out, identity, o.overwrite)
+            _create_arrays(out / "clear.zarr", o, n, map_shape, num_classes)
+            status = ("ok", resumed)
+        except BatchError as e:
+            status = ("error", str(e))
+    status = dist.broadcast(status)
+    if status[0] == "error":
+        raise BatchError(status[1])
+    resumed = status[1]
+
+    import zarr
+
+    group = zarr.open_group(str(out / "clear.zarr"), mode="r+")
+    arrays = {name: group[name] for name in group.array_keys()}
+    chunks = _chunk_ranges(n, o.batch_size)
+    chunk_dir = out / "chunks"
+    mine = [k for k in range(len(chunks)) if k % dist.world == dist.rank]
+    todo = [k for k in mine if _read_json(chunk_dir / f"{k:06d}.json") is None]
+    if resumed and dist.rank == 0:
+        logger.info("resuming %s: %d of %d chunks already committed", out,
+                    len(chunks) - sum(1 for k in range(len(chunks))
+                                      if _read_json(chunk_dir / f"{k:06d}.json") is None), len(chunks))
+
+    loader = torch.utils.data.DataLoader(
+        items, batch_sampler=[list(range(*chunks[k])) for k in todo], collate_fn=_Collate(img_shape),
+        num_workers=o.workers, pin_memory=device.type == "cuda",
+        persistent_workers=False)
+    delay = float(os.environ.get(_DELAY_ENV, "0") or 0)
+    render = None
+    if "png" in o.store:
+        from clear_native.render import render  # noqa: F811
+        (out / "png").mkdir(exist_ok=True)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=sum(chunks[k][1] - chunks[k][0] for k in todo), unit="img", dynamic_ncols=True,
+               disable=not o.progress or dist.rank != 0,
+               desc=f"explain (rank 0/{dist.world})" if dist.active else "explain")
+    writer_busy = [0.0]
+
+    def commit(k, start, stop, blocks, record, prep_s):
+        """Writes chunk k's arrays, flushes them, then its commit record (write-then-rename)."""
+        t = time.perf_counter()
+        for name, arr in arrays.items():
+            arr[start:stop] = blocks[name]
+        _fsync_chunk(out / "clear.zarr", arrays, k)
+        if delay:
+            time.sleep(delay)
+        record["timings"]["write_s"] = prep_s + time.perf_counter() - t
+        _write_json_atomic(chunk_dir / f"{k:06d}.json", record)
+        writer_busy[0] += time.perf_counter() - t
+
+    import collections
+    from concurrent.futures import ThreadPoolExecutor
+
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clear-native-writer")
+    pending = collections.deque()
+    t_data = t_explain = t_write = 0.0
+    images_run = errors_run = 0
+    it = iter(loader)
+    for k in todo:
+        t0 = time.perf_counter()
+        batch = next(it)
+        t1 = time.perf_counter()
+        start, stop = chunks[k]
+        m = stop - start
+        maps = None
+        if batch["images"] is not None:
+            images = batch["images"].to(device, dtype, non_blocking=True)
+            with autocast_ctx():
+                maps = explain(images, None, classes)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        t2 = time.perf_counter()
+        rows = np.array(batch["good"], dtype=np.int64) - start
+        blocks = {}
+        for name, arr in arrays.items():
+            fill = arr.fill_value
+            blocks[name] = np.full((m, *arr.shape[1:]), fill, dtype=arr.dtype)
+        blocks["label"][:] = batch["labels"]
+        stats = [None] * m
+        if maps is not None:
+            blocks["valid"][rows] = True
+            pred = maps.prediction.cpu().numpy()
+            for name in arrays:
+                if name in ("valid", "label"):
+                    continue
+                v = getattr(maps, name)
+                v = v.detach().float().cpu().numpy() if v.dtype.is_floating_point else v.cpu().numpy()
+                blocks[name][rows] = v.astype(blocks[name].dtype, copy=False)
+            dc = maps.dominant_class.cpu().numpy()
+            dr = maps.dominant_response.detach().float().cpu().numpy()
+            for r, s in zip(rows, _chunk_stats(dc, dr, pred, num_classes)):
+                stats[r] = s
+            if render is not None:
+                _write_pngs(out / "png", render, maps, batch["good"], num_classes)
+        table = []
+        for r in range(m):
+            i = start + r
+            err = next((e for j, e in batch["errors"] if j == i), None)
+            table.append({"index": i, "key": source.keys[i], "label": int(batch["labels"][r]),
+                          "prediction": int(blocks["prediction"][r]), "valid": err is None,
+                          "error": err, **(stats[r] or {"prediction_share": None, "top_dominant": -1, "strong_share": None,
+                                                        "prediction_share_strong": None,
+                                                        "agrees": False, "dominant_classes": [],
+                                                        "dominant_shares": []})})
+        record = {"chunk": k, "start": start, "stop": stop, "rows": table,
+                  "errors": [{"index": i, "key": source.keys[i], "reason": e} for i, e in batch["errors"]],
+                  "timings": {"data_s": t1 - t0, "explain_s": t2 - t1}}
+        # The writer thread stores the chunk while the next batch is explained; at most
+        # two chunks wait, so memory stays bounded and errors surface promptly.
+        while len(pending) >= 2:
+            pending.popleft().result()
+        pending.append(writer.submit(commit, k, start, stop, blocks, record, time.perf_counter() - t2))
+        t4 = time.perf_counter()
+        images_run += m
+        t_data += t1 - t0
+        t_explain += t2 - t1
+        t_write += t4 - t2
+        bar.update(m)
+        errors_run += len(batch["errors"])
+        bar.set_postfix(errors=errors_run, refresh=False)
+    t5 = time.perf_counter()
+    while pending:
+        pending.popleft().result()
+    writer.shutdown()
+    t_write += time.perf_counter() - t5
+    bar.close()
+    del it, loader
+
+    local = {"chunks_run": len(todo), "images_run": images_run, "data_s": t_data, "explain_s": t_explain, "write_s": t_write,
+             "writer_busy_s": writer_busy[0]}
+    gathered = dist.all_gather(local)
+    summary = None
+    if dist.rank == 0:
+        summary = _finalize(out, o, loaded, source, identity, n, img_shape, map_shape, num_classes,
+                            chunks, arrays, gathered, dist.world, t_start)
+    summary = dist.broadcast(summary)
+    return summary
+
+
+def _write_pngs(folder: Path, render, maps, indices, num_classes: int) -> None:
+    from PIL import Image
+
+    images = render(maps, num_classes=num_classes)
+    images = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if images.ndim == 4 and images.shape[1] in (3, 4) and images.shape[-1] not in (3, 4):
+        images = images.transpose(0, 2, 3, 1)
+    if images.dtype != np.uint8:
+        images = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+    for i, img in zip(indices, images):
+        path = folder / f"{i:07d}.png"
+        tmp = folder / f".{i:07d}.png.tmp"
+        Image.fromarray(img).save(tmp, format="PNG")
+        os.replace(tmp, path)
+
+
+def _versions() -> dict:
+    import clear_native
+
+    v = {"clear_native": clear_native.__version__, "torch": torch.__version__, "numpy": np.__version__,
+         "python": platform.python_version()}
+    for mod in ("zarr", "pyarrow", "PIL"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            v[mod] = getattr(m, "__version__", "?")
+    return v
+
+
+def _finalize(out, o, loaded, source, identity, n, img_shape, map_shape, num_classes, chunks, arrays,
+              gathered, world, t_start) -> BatchSummary:
+    chunk_dir = out / "chunks"
+    rows, errors = [], []
+    timings = {"data_s": 0.0, "explain_s": 0.0, "write_s": 0.0}
+    for k in range(len(chunks)):
+        rec = _read_json(chunk_dir / f"{k:06d}.json")
+        if rec is None:
+            raise RuntimeError(f"chunk {k} has no commit record after every rank finished")
+        rows.extend(rec["rows"])
+        errors.extend(rec["errors"])
+        for key in timings:
+            timings[key] += rec["timings"][key]
+    for tmp in chunk_dir.glob(".*.tmp*"):  # left by a killed run
+        tmp.unlink(missing_ok=True)
+    this_run = {key: sum(g[key] for g in gathered) for key in timings}
+    chunks_run = sum(g["chunks_run"] for g in gathered)
+    _write_table(out, rows, o.table)
+    _write_json_atomic(out / "errors.json", errors)
+    wall = time.perf_counter() - t_start
+    inside = this_run["explain_s"]
+    busy = sum(this_run.values())
+    explained = sum(1 for r in rows if r["valid"])
+    images_run = sum(g["images_run"] for g in gathered)
+    manifest = {
+        "format": FORMAT,
+        "arguments": asdict(o) | {"store": list(o.store)},
+        "versions": _versions(),
+        "model": {"spec": loaded.spec, "kind": loaded.kind, "class": type(loaded.model).__name__,
+                  "fingerprint": loaded.fingerprint},
+        "data": {"spec": source.spec, "kind": source.kind, "fingerprint": source.fingerprint,
+                 "class_names": source.class_names, "notes": source.notes},
+        "shapes": {"image": list(img_shape), "maps": list(map_shape), "num_classes": num_classes},
+        "arrays": {name: {"dtype": str(a.dtype), "shape": list(a.shape), "chunks": list(a.chunks)}
+                   for name, a in arrays.items()},
+        "counts": {"images": n, "explained": explained, "errors": len(errors), "chunks": len(chunks),
+                   "chunks_this_invocation": chunks_run, "world_size": world},
+        "errors": errors,
+        "timings": {
+            "wall_s": wall,
+            "data_s": this_run["data_s"], "explain_s": this_run["explain_s"], "write_s": this_run["write_s"],
+            "outside_explain_share": (busy - inside) / busy if busy > 0 else None,
+            "images_this_invocation": images_run,
+            "images_per_s": images_run / wall if wall > 0 else None,
+            "writer_busy_s": sum(g["writer_busy_s"] for g in gathered),
+            "all_chunks": timings,
+            "note": "this invocation, summed over ranks (all_chunks: over every chunk's commit record, "
+                    "including earlier interrupted invocations); data_s = waiting for the DataLoader "
+                    "(reading, decoding, collation), explain_s = model + back-projection + dominance, "
+                    "write_s = time the loop spent on results (to numpy, per-image statistics) and "
+                    "waiting for the writer thread, which stores Zarr chunks and commit records "
+                    "while the next batch is explained (writer_busy_s: its own busy time)",
+        },
+        "identity": identity,
+    }
+    _write_json_atomic(out / "manifest.json", manifest)
+    return BatchSummary(str(out), n, explained, errors, len(chunks), chunks_run, wall,
+                        images_run / wall if wall > 0 else 0.0, manifest["timings"])
+
+
+def _write_table(out: Path, rows: list[dict], fmt: str) -> None:
+    cols = ["index", "key", "label", "prediction", "valid", "prediction_share", "top_dominant", "agrees",
+            "strong_share", "prediction_share_strong", "dominant_classes", "dominant_shares", "error"]
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        types = {"index": pa.int64(), "key": pa.string(), "label": pa.int64(), "prediction": pa.int32(),
+                 "valid": pa.bool_(), "prediction_share": pa.float32(), "top_dominant": pa.int32(),
+                 "agrees": pa.bool_(), "strong_share": pa.float32(), "prediction_share_strong": pa.float32(),
+                 "dominant_classes": pa.list_(pa.int32()),
+                 "dominant_shares": pa.list_(pa.float32()), "error": pa.string()}
+        table = pa.table({c: pa.array([r[c] for r in rows], type=types[c]) for c in cols})
+        tmp = out / ".table.parquet.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, out / "table.parquet")
+    else:
+        import csv
+
+        tmp = out / ".table.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(cols)
+            for r in rows:
+                w.writerow([json.dumps(r[c]) if isinstance(r[c], list) else ("" if r[c] is None else r[c])
+                            for c in cols])
+        os.replace(tmp, out / "table.csv")
+
+
+# -- command line -------------------------------------------------------------------------
+
+def add_arguments(p) -> None:
+    """The ``explain`` subcommand's options."""
+    p.add_argument("--model", help="package.module:factory (returns a module or (module, preprocess)), "
+                   "a TorchScript file or a torch.export .pt2 file; default: the built-in MNIST model")
+    p.add_argument("--data", help="a folder of images (class sub-folders give labels), an .npz/.npy "
+                   "array, or package.module:function returning a data set; default: the built-in MNIST sample")
+    p.add_argument("--out", required=True, help="output folder (created; resumed when it holds the same run)")
+    p.add_argument("--method", default="deconvnet", choices=("deconvnet", "guided", "gradient", "cam"))
+    p.add_argument("--classes", default="all", help="'all', 'top-K' or a comma-separated list of class ids")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch and per Zarr chunk (64)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cpu)")
+    p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES), help="model and input dtype")
+    p.add_argument("--autocast", default=None, choices=("bfloat16", "float16"),
+                   help="run the model under torch.autocast in this dtype")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0)")
+    p.add_argument("--store", default="dominant,response",
+                   help=f"comma-separated maps to store: {', '.join(STORE_CHOICES)} (dominant,response)")
+    p.add_argument("--response-dtype", default="float16", choices=("float16", "float32"))
+    p.add_argument("--table", default="parquet", choices=("parquet", "csv"), help="per-image table format")
+    p.add_argument("--overwrite", action="store_true", help="replace whatever OUT holds")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def options_from_args(args) -> BatchOptions:
+    store = tuple(s.strip() for s in args.store.split(",") if s.strip())
+    return BatchOptions(out=args.out, model=args.model, data=args.data, method=args.method,
+                        classes=args.classes, batch_size=args.batch_size, device=args.device,
+                        dtype=args.dtype, autocast=args.autocast, workers=args.workers, store=store,
+                        response_dtype=args.response_dtype, table=args.table, overwrite=args.overwrite,
+                        progress=args.progress)
+
+
+def main(args) -> int:
+    """Runs the ``explain`` subcommand; returns the exit status (0, 2 bad arguments, 3 skipped images)."""
+    try:
+        summary = run(options_from_args(args))
+    except BatchError as e:
+        print(f"clear-native explain: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if int(os.environ.get("RANK", "0")) == 0:
+        t = summary.timings
+        share = t.get("outside_explain_share")
+        print(f"clear-native explain: {summary.images} images ({summary.explained} explained, "
+              f"{len(summary.errors)} errors) in {summary.wall_s:.2f} s, "
+              f"{summary.images_per_s:.1f} images/s; chunks {summary.chunks_run} of {summary.chunks} run now; "
+              f"time in data {t['data_s']:.2f} s, explain {t['explain_s']:.2f} s, write {t['write_s']:.2f} s"
+              + (f" ({share:.0%} outside explain)" if share is not None else "")
+              + f"; results in {summary.out}", file=sys.stderr)
+        for e in summary.errors[:10]:
+            print(f"  skipped {e['key']}: {e['reason']}", file=sys.stderr)
+        if len(summary.errors) > 10:
+            print(f"  ... and {len(summary.errors) - 10} more (see {summary.out}/errors.json)", file=sys.stderr)
+    return summary.exit_code

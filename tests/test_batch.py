@@ -1,0 +1,360 @@
+"""Batch explanation (``clear-native explain``): results equal the Python API's, runs
+resume after a SIGKILL with identical results, unreadable images are skipped and
+reported, torchrun with 2 processes equals 1 process, bad arguments fail clearly."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import clear_native
+from clear_native import cli
+
+zarr = pytest.importorskip("zarr")
+pq = pytest.importorskip("pyarrow.parquet")
+Image = pytest.importorskip("PIL.Image")
+
+HERE = Path(__file__).resolve().parent
+N_IMAGES, SIZE, BATCH = 192, 16, 24  # 8 chunks
+MODEL = "test_batch:tiny_model"
+
+
+def tiny_model() -> nn.Module:
+    """ALL-CNN-like: conv/ReLU/max-pool, C-kernel last conv, global average pooling."""
+    g = torch.Generator().manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                      nn.Conv2d(6, 10, 3, padding=1), nn.ReLU(), nn.Conv2d(10, 10, 1),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return m.eval()
+
+
+def _images(n=N_IMAGES, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, SIZE, SIZE), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    images, labels = _images()
+    path = tmp_path_factory.mktemp("data") / "digits.npz"
+    np.savez(path, images=images, labels=labels)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """60 PNGs in class sub-folders, one corrupt file and one of another size."""
+    root = tmp_path_factory.mktemp("folder")
+    images, _ = _images(60, seed=1)
+    for i, img in enumerate(images):
+        d = root / ("cat" if i % 2 else "dog")
+        d.mkdir(exist_ok=True)
+        Image.fromarray(img, mode="L").save(d / f"{i:03d}.png")
+    (root / "dog" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    Image.fromarray(np.zeros((8, 8), np.uint8), mode="L").save(root / "cat" / "small.png")
+    return root
+
+
+def explain(*args) -> int:
+    return cli.main(["explain", "--no-progress", *map(str, args)])
+
+
+def _arrays(out) -> dict:
+    g = zarr.open_group(str(Path(out) / "clear.zarr"), mode="r")
+    return {name: g[name][:] for name in g.array_keys()}
+
+
+def _table(out):
+    return pq.read_table(Path(out) / "table.parquet").to_pylist()
+
+
+def _assert_same_results(a, b):
+    xa, xb = _arrays(a), _arrays(b)
+    assert sorted(xa) == sorted(xb)
+    for name in xa:
+        np.testing.assert_array_equal(xa[name], xb[name], err_msg=name)
+    assert _table(a) == _table(b)
+    assert json.loads((Path(a) / "errors.json").read_text()) == json.loads((Path(b) / "errors.json").read_text())
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+@pytest.fixture(autouse=True)
+def _importable(monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE))
+
+
+@pytest.fixture(scope="module")
+def reference_run(npz, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "out"
+    rc = explain("--model", MODEL, "--data", npz, "--out", out, "--batch-size", BATCH,
+                 "--store", "dominant,response,runner_up,focus,weakest", "--response-dtype", "float32")
+    assert rc == 0
+    return out
+
+
+def test_results_equal_python_api(npz, reference_run):
+    images, labels = _images()
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]
+    explainer = clear_native.Clear(tiny_model(), method="deconvnet")
+    maps = [explainer(x[s:s + BATCH]) for s in range(0, N_IMAGES, BATCH)]
+    cat = {f: torch.cat([getattr(m, f) for m in maps]).numpy()
+           for f in ("dominant_class", "dominant_response", "runner_up_class", "runner_up_response",
+                     "weakest_class", "weakest_response", "target_response", "rival_class",
+                     "rival_response", "prediction", "target", "logits")}
+    got = _arrays(reference_run)
+    assert got["dominant_class"].dtype == np.int8 and got["dominant_response"].dtype == np.float32
+    for f, want in cat.items():
+        np.testing.assert_array_equal(got[f], want.astype(got[f].dtype), err_msg=f)
+    np.testing.assert_array_equal(got["label"], labels)
+    assert got["valid"].all()
+
+    rows = _table(reference_run)
+    assert [r["index"] for r in rows] == list(range(N_IMAGES))
+    dc, pred = cat["dominant_class"], cat["prediction"]
+    for i in (0, 17, N_IMAGES - 1):
+        share = (dc[i] == pred[i]).mean()
+        assert rows[i]["prediction_share"] == pytest.approx(share, abs=1e-6)
+        counts = np.bincount(dc[i].ravel(), minlength=10)
+        assert rows[i]["dominant_classes"] == np.nonzero(counts)[0].tolist()
+        assert rows[i]["top_dominant"] == counts.argmax()
+        assert rows[i]["agrees"] == (counts.argmax() == pred[i])
+        assert rows[i]["label"] == labels[i] and rows[i]["prediction"] == pred[i]
+        dr = cat["dominant_response"][i]
+        strong = dr >= 0.1 * dr.max()
+        assert rows[i]["strong_share"] == pytest.approx(strong.mean(), abs=1e-6)
+        assert rows[i]["prediction_share_strong"] == pytest.approx((dc[i][strong] == pred[i]).mean(), abs=1e-6)
+
+    manifest = json.loads((reference_run / "manifest.json").read_text())
+    assert manifest["counts"]["images"] == N_IMAGES and manifest["counts"]["errors"] == 0
+    assert manifest["versions"]["torch"] == torch.__version__
+    assert len(manifest["model"]["fingerprint"]) == 64 and len(manifest["data"]["fingerprint"]) == 64
+    t = manifest["timings"]
+    assert t["explain_s"] > 0 and 0 <= t["outside_explain_share"] <= 1
+
+    # float16 responses by default, opened lazily as whole arrays
+    assert zarr.open(str(reference_run / "clear.zarr" / "dominant_class")).shape == (N_IMAGES, SIZE, SIZE)
+
+
+def test_rerun_of_complete_run_is_a_no_op(npz, reference_run, tmp_path, capsys):
+    rc = explain("--model", MODEL, "--data", npz, "--out", reference_run, "--batch-size", BATCH,
+                 "--store", "dominant,response,runner_up,focus,weakest", "--response-dtype", "float32")
+    assert rc == 0
+    assert f"chunks 0 of {N_IMAGES // BATCH} run now" in capsys.readouterr().err
+
+
+def test_folder_with_unreadable_images(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = explain("--model", MODEL, "--data", folder, "--out", out, "--batch-size", 16, "--table", "csv",
+                 "--workers", 1)
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert "62 images (60 explained, 2 errors)" in err
+    errors = json.loads((out / "errors.json").read_text())
+    assert sorted(e["key"] for e in errors) == ["cat/small.png", "dog/bad.png"]
+    assert "differs from the run's" in next(e["reason"] for e in errors if e["key"] == "cat/small.png")
+    a = _arrays(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data"]["class_names"] == ["cat", "dog"]
+    assert manifest["counts"]["errors"] == 2 and manifest["errors"] == errors
+    import csv
+
+    rows = list(csv.DictReader(open(out / "table.csv")))
+    assert len(rows) == 62
+    for i, r in enumerate(rows):
+        bad = r["key"] in ("cat/small.png", "dog/bad.png")
+        assert a["valid"][i] == (not bad)
+        assert a["label"][i] == (0 if r["key"].startswith("cat/") else 1)
+        if bad:
+            assert (a["dominant_class"][i] == -1).all() and a["prediction"][i] == -1
+            assert r["error"]
+        else:
+            assert (a["dominant_class"][i] >= 0).all()
+
+
+def test_kill_and_resume_gives_identical_results(npz, reference_run, tmp_path):
+    out = tmp_path / "out"
+    args = ["--model", MODEL, "--data", str(npz), "--out", str(out), "--batch-size", str(BATCH),
+            "--store", "dominant,response,runner_up,focus,weakest", "--response-dtype", "float32"]
+    env = _env() | {"CLEAR_NATIVE_BATCH_TEST_DELAY": "0.5"}  # slow commits: the kill lands mid-run
+    proc = subprocess.Popen([sys.executable, "-m", "clear_native.cli", "explain", "--no-progress", *args],
+                            cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list((out / "chunks").glob("0*.json"))) >= 2:
+            break
+        time.sleep(0.05)
+    time.sleep(0.25)  # lands between a chunk's array write and its commit record, or just after
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    committed = len(list((out / "chunks").glob("0*.json")))
+    assert 2 <= committed < N_IMAGES // BATCH
+    assert not (out / "manifest.json").exists()
+
+    assert explain(*args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["chunks_this_invocation"] == N_IMAGES // BATCH - committed
+    _assert_same_results(out, reference_run)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_equals_one(npz, reference_run, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+           "-m", "clear_native.cli", "explain", "--no-progress", "--model", MODEL, "--data", str(npz),
+           "--out", str(out), "--batch-size", str(BATCH),
+           "--store", "dominant,response,runner_up,focus,weakest", "--response-dtype", "float32"]
+    res = subprocess.run(cmd, cwd=HERE, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["world_size"] == 2
+    _assert_same_results(out, reference_run)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "export"])
+def test_saved_model_files(tmp_path, fmt):
+    if fmt == "torchscript":
+        path = tmp_path / "tiny.pt"
+        torch.jit.script(tiny_model()).save(str(path))
+    else:
+        path = tmp_path / "tiny.pt2"
+        torch.export.save(torch.export.export(tiny_model(), (torch.zeros(2, 1, SIZE, SIZE),),
+                                              dynamic_shapes=({0: torch.export.Dim("n")},)), str(path))
+    out, data = tmp_path / "out", tmp_path / "d.npz"
+    images = _images(48)[0]
+    np.savez(data, images=images)
+    assert explain("--model", path, "--data", data, "--out", out, "--batch-size", 32,
+                   "--method", "gradient", "--classes", "top-3") == 0
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]
+    want = torch.cat([clear_native.Clear(tiny_model(), method="gradient")(x[s:s + 32], classes=3).dominant_class
+                      for s in range(0, 48, 32)])
+    np.testing.assert_array_equal(_arrays(out)["dominant_class"], want.numpy())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["kind"] == fmt
+
+
+def test_builtin_model_and_sample(tmp_path):
+    have = "mnist" in clear_native.available_models() and clear_native.data.sample_path("mnist").is_file()
+    if not have:
+        pytest.skip("this build ships no MNIST weights / sample")
+    out = tmp_path / "out"
+    assert explain("--out", out, "--method", "cam", "--batch-size", 128) == 0
+    sample = clear_native.load_sample("mnist")
+    x = torch.from_numpy(sample.images.astype(np.float32) / 255.0)[:, None]
+    explainer = clear_native.Clear(clear_native.load_pretrained("mnist"), method="cam")
+    want = torch.cat([explainer(x[s:s + 128]).dominant_class for s in range(0, len(x), 128)])
+    got = _arrays(out)
+    np.testing.assert_array_equal(got["dominant_class"], want.numpy())
+    np.testing.assert_array_equal(got["label"], sample.labels)
+    assert _table(out)[0]["key"] == f"mnist-test:{int(sample.index[0])}"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "no_such_module:f"], "cannot import module 'no_such_module'"),
+    (["--model", "test_batch:nothing_here"], "has no attribute 'nothing_here'"),
+    (["--model", "missing_file.pt"], "no such file"),
+    (["--data", "/no/such/folder"], "no such folder or file"),
+    (["--classes", "top-x"], "top-K needs an integer"),
+    (["--store", "dominant,colours"], "unknown item(s) ['colours']"),
+])
+def test_bad_arguments(npz, tmp_path, capsys, argv, message):
+    base = {"--model": MODEL, "--data": str(npz)}
+    for k, v in zip(argv[::2], argv[1::2]):
+        base[k] = v
+    args = [a for kv in base.items() for a in kv]
+    assert explain(*args, "--out", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "clear-native explain: error:" in err and message in err
+
+
+def test_out_holding_a_different_run_is_refused(tmp_path, capsys):
+    small, other_data = tmp_path / "small.npz", tmp_path / "other.npz"
+    np.save(tmp_path / "small.npy", _images(24)[0])
+    np.savez(small, images=_images(24)[0])
+    np.savez(other_data, images=_images(24, seed=5)[0])
+    out = tmp_path / "out"
+    assert explain("--model", MODEL, "--data", small, "--out", out, "--method", "gradient") == 0
+    assert explain("--model", MODEL, "--data", other_data, "--out", out, "--method", "gradient") == 2
+    assert "holds a different run (differs in: data)" in capsys.readouterr().err
+    assert explain("--model", MODEL, "--data", small, "--out", out, "--method", "cam") == 2
+    assert "differs in: method" in capsys.readouterr().err
+    assert explain("--model", MODEL, "--data", tmp_path / "small.npy", "--out", out, "--method", "cam",
+                   "--overwrite") == 0
+    assert json.loads((out / "manifest.json").read_text())["data"]["kind"] == "npy"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert explain("--model", MODEL, "--data", small, "--out", other) == 2
+    assert "holds no clear-native run" in capsys.readouterr().err
+    assert (other / "notes.txt").exists()
+
+
+def test_png_needs_a_renderer(npz, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("clear_native.render") is not None:
+        pytest.skip("this build has a renderer")
+    assert explain("--model", MODEL, "--data", npz, "--out", tmp_path / "o", "--store", "dominant,png") == 2
+    assert "--store png needs clear_native.render" in capsys.readouterr().err
+
+
+def test_png_with_a_renderer(monkeypatch, tmp_path):
+    import importlib.machinery
+    import types
+
+    def render(maps, num_classes=None):  # stands in for clear_native.render.render
+        rgb = (maps.dominant_class.clamp(min=0) * 25).to(torch.uint8)
+        return torch.stack([rgb, rgb, rgb], -1)
+
+    fake = types.ModuleType("clear_native.render")
+    fake.__spec__ = importlib.machinery.ModuleSpec("clear_native.render", None)
+    fake.render = render
+    monkeypatch.setitem(sys.modules, "clear_native.render", fake)
+    data = tmp_path / "d.npz"
+    np.savez(data, images=_images(20)[0])
+    out = tmp_path / "out"
+    assert explain("--model", MODEL, "--data", data, "--out", out, "--method", "cam",
+                   "--store", "dominant,png") == 0
+    pngs = sorted((out / "png").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{i:07d}.png" for i in range(20)]
+    dc = _arrays(out)["dominant_class"]
+    np.testing.assert_array_equal(np.asarray(Image.open(pngs[3]))[..., 0], dc[3].clip(0).astype(np.uint8) * 25)
+
+
+def test_class_list(tmp_path):
+    data, out = tmp_path / "d.npz", tmp_path / "out"
+    images = _images(40)[0]
+    np.savez(data, images=images)
+    assert explain("--model", MODEL, "--data", data, "--out", out, "--classes", "0,2,4",
+                   "--store", "dominant,focus", "--response-dtype", "float32") == 0
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]
+    model = tiny_model()
+    target = torch.tensor([0, 2, 4])[model(x)[:, [0, 2, 4]].argmax(1)]
+    want = clear_native.Clear(model)(x, target, classes=[0, 2, 4])
+    got = _arrays(out)
+    assert set(np.unique(got["dominant_class"])) <= {0, 2, 4}
+    for f in ("dominant_class", "target", "target_response", "rival_class", "prediction"):
+        np.testing.assert_array_equal(got[f], getattr(want, f).detach().numpy().astype(got[f].dtype), err_msg=f)
