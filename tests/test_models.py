@@ -33,10 +33,9 @@ needs_fashion = pytest.mark.skipif(
     not HAS_FASHION, reason="Fashion-MNIST needs the Debian package dataset-fashion-mnist")
 
 SHIPPED = models.available_models()
-# Accuracy of the shipped MNIST weights on the full test set (training log: 98.84 %,
-# 5 epochs). The paper reports 99.26 %; the target of 99.0 % needs a longer
-# schedule (see the report). Guard against regressions of the shipped file.
-MNIST_MIN_ACCURACY = 0.988
+# Accuracy of the shipped MNIST weights on the full test set: 99.07 % in the training log
+# (7 epochs, seed 0); the target is 99.0 %, the paper reports 99.26 %.
+MNIST_MIN_ACCURACY = 0.99
 
 
 def _assets_json(name: str) -> dict:
