@@ -7,7 +7,17 @@ from __future__ import annotations
 
 import torch  # noqa: F401  (torch must be loaded before the extension)
 
-from clear_native import _C
+try:
+    from clear_native import _C
+except ImportError as exc:  # pragma: no cover - depends on how the package is installed
+    import os
+
+    raise ImportError(
+        "clear_native: the native extension clear_native._C cannot be imported "
+        f"(package at {os.path.dirname(__file__)}). If that folder is a source checkout, it "
+        "shadows the installed package: run from another directory, or install in place with "
+        "`pip install --no-build-isolation -e .`. Otherwise (re)install with "
+        "`pip install --no-build-isolation .` against the torch you use.") from exc
 
 NUM_VALUE_PLANES = 4  # top-1, top-2, min, target value
 NUM_INDEX_PLANES = 3  # top-1, top-2, min class
