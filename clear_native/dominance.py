@@ -10,8 +10,45 @@ from clear_native._ops import NUM_INDEX_PLANES, NUM_VALUE_PLANES, require_device
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+class TensorFields:
+    """Helpers shared by the result dataclasses (:class:`Dominance`, ``ClearMaps``)."""
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.dominant_class.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.dominant_class.device
+
+    def to(self, *args, **kwargs):
+        """Moves every tensor field (``Tensor.to`` arguments); a dtype applies to the
+        floating point fields only (class ids stay int64)."""
+        device = torch.empty(0, device=self.device).to(*args, **kwargs).device
+        kw = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                v = v.to(*args, **kwargs) if v.dtype.is_floating_point else v.to(device)
+            kw[f.name] = v
+        return type(self)(**kw)
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def numpy(self) -> dict:
+        """The public fields as numpy arrays (None stays None)."""
+        out = {}
+        for f in fields(self):
+            if f.name.startswith("state_"):
+                continue
+            v = getattr(self, f.name)
+            out[f.name] = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+        return out
+
+
 @dataclass
-class Dominance:
+class Dominance(TensorFields):
     """Which class dominates each pixel, and by how much.
 
     Every field is ``(N, *spatial)``. Class fields are int64; response fields have
@@ -48,39 +85,6 @@ class Dominance:
     # One past the highest class merged so far: a later chunk starting at or
     # above it is merged with the cheaper in-order kernel.
     class_end: int = field(default=0, repr=False)
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.dominant_class.shape
-
-    @property
-    def device(self) -> torch.device:
-        return self.dominant_class.device
-
-    def to(self, *args, **kwargs) -> "Dominance":
-        """Moves every tensor field (``Tensor.to`` arguments)."""
-        return _map_tensors(self, lambda t: t.to(*args, **kwargs))
-
-    def cpu(self) -> "Dominance":
-        return self.to("cpu")
-
-    def numpy(self) -> dict:
-        """The public fields as numpy arrays (None stays None)."""
-        out = {}
-        for f in fields(self):
-            if f.name.startswith("state_"):
-                continue
-            v = getattr(self, f.name)
-            out[f.name] = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
-        return out
-
-
-def _map_tensors(obj, fn):
-    kwargs = {}
-    for f in fields(obj):
-        v = getattr(obj, f.name)
-        kwargs[f.name] = fn(v) if isinstance(v, torch.Tensor) else v
-    return type(obj)(**kwargs)
 
 
 def _check_responses(responses: torch.Tensor) -> None:

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from clear_native._relu_rules import relu_rule
-from clear_native.dominance import Dominance, dominance
+from clear_native.dominance import Dominance, TensorFields, dominance
 from clear_native.project import project_dominance
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ _POOL_TYPES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d)
 
 
 @dataclass
-class ClearMaps:
+class ClearMaps(TensorFields):
     """CLEAR maps of a batch of images.
 
     Map fields are ``(N, H, W)`` at the input's resolution; class fields are int64
@@ -90,37 +90,6 @@ class ClearMaps:
     classes: torch.Tensor | None = None
     class_maps: torch.Tensor | None = None
     num_classes: int = 0
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.dominant_class.shape
-
-    @property
-    def device(self) -> torch.device:
-        return self.dominant_class.device
-
-    def to(self, *args, **kwargs) -> "ClearMaps":
-        """Moves every tensor field (``Tensor.to`` arguments); a dtype applies to the
-        floating point fields only (class ids stay int64)."""
-        device = torch.empty(0, device=self.device).to(*args, **kwargs).device
-        kw = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, torch.Tensor):
-                v = v.to(*args, **kwargs) if v.dtype.is_floating_point else v.to(device)
-            kw[f.name] = v
-        return ClearMaps(**kw)
-
-    def cpu(self) -> "ClearMaps":
-        return self.to("cpu")
-
-    def numpy(self) -> dict:
-        """Every field, tensors as numpy arrays (None stays None)."""
-        out = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
-        return out
 
     def render(self, *args, **kwargs):
         """The CLEAR image (see :func:`clear_native.render.render`)."""

@@ -244,6 +244,7 @@ def test_result_object_helpers():
     assert arrays["dominant_class"].shape == (2, 3, 3) and "state_values" not in arrays
     moved = d.to(torch.float64)
     assert moved.dominant_response.dtype == torch.float64
+    assert moved.dominant_class.dtype == torch.int64  # class ids keep their type
     assert d.cpu().dominant_class.device.type == "cpu"
 
 
