@@ -265,6 +265,9 @@ def test_baseline_simd_build_matches_reference():
         "        torch.testing.assert_close(getattr(a, f), getattr(b, f), rtol=0, atol=0, equal_nan=True)\n"
         "print('ok')\n")
     env = dict(os.environ, CLEAR_NATIVE_CPU_CAPABILITY="default")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    # Run from the tests folder: from the repo root the source tree would shadow the
+    # installed package.
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=os.path.dirname(os.path.abspath(__file__)))
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")

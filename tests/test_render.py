@@ -191,7 +191,10 @@ def test_baseline_simd_build_matches_reference():
         "assert (a.int() - b.int()).abs().max() <= 1\n"
         "print('ok')\n")
     env = dict(os.environ, CLEAR_NATIVE_CPU_CAPABILITY="default")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    # Run from the tests folder: from the repo root the source tree would shadow the
+    # installed package.
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=os.path.dirname(os.path.abspath(__file__)))
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
 
