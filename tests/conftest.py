@@ -13,3 +13,20 @@ FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def run_with_baseline_cpu_build(code: str) -> None:
+    """Runs ``code`` in a fresh interpreter with the scalar (non-AVX2) CPU kernels forced.
+
+    It runs from the tests folder: from the repo root the source tree would shadow the
+    installed package. The code must print 'ok' last.
+    """
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, CLEAR_NATIVE_CPU_CAPABILITY="default")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=os.path.dirname(os.path.abspath(__file__)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")

@@ -1,14 +1,11 @@
 """clear_native.dominance against clear_native.reference.dominance."""
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import clear_native
 from clear_native import reference
-from conftest import DEVICES, FLOAT_DTYPES
+from conftest import run_with_baseline_cpu_build, DEVICES, FLOAT_DTYPES
 
 FIELDS = ["dominant_class", "dominant_response", "runner_up_class", "runner_up_response",
           "weakest_class", "weakest_response"]
@@ -264,10 +261,4 @@ def test_baseline_simd_build_matches_reference():
         "              'weakest_class', 'weakest_response', 'target_response', 'rival_class'):\n"
         "        torch.testing.assert_close(getattr(a, f), getattr(b, f), rtol=0, atol=0, equal_nan=True)\n"
         "print('ok')\n")
-    env = dict(os.environ, CLEAR_NATIVE_CPU_CAPABILITY="default")
-    # Run from the tests folder: from the repo root the source tree would shadow the
-    # installed package.
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300, cwd=os.path.dirname(os.path.abspath(__file__)))
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().endswith("ok")
+    run_with_baseline_cpu_build(code)

@@ -1,7 +1,5 @@
 """clear_native.render (fused CLEAR map renderer) against clear_native.reference.render,
 the palettes, the comparison views and the matplotlib figures."""
-import os
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -11,7 +9,7 @@ import torch
 import clear_native
 from clear_native import palettes, reference
 from clear_native.render import colormap, compute_scale
-from conftest import DEVICES, FLOAT_DTYPES
+from conftest import run_with_baseline_cpu_build, DEVICES, FLOAT_DTYPES
 
 OP = torch.ops.clear_native.render.default
 
@@ -190,13 +188,7 @@ def test_baseline_simd_build_matches_reference():
         "b = reference.render(cls, resp, s, pal, img)\n"
         "assert (a.int() - b.int()).abs().max() <= 1\n"
         "print('ok')\n")
-    env = dict(os.environ, CLEAR_NATIVE_CPU_CAPABILITY="default")
-    # Run from the tests folder: from the repo root the source tree would shadow the
-    # installed package.
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300, cwd=os.path.dirname(os.path.abspath(__file__)))
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().endswith("ok")
+    run_with_baseline_cpu_build(code)
 
 
 # --- the comparison views -----------------------------------------------------------
