@@ -126,8 +126,7 @@ std::tuple<Tensor, Tensor> dominance_impl(const Tensor& responses,
   } else {
 #ifdef CLEAR_NATIVE_WITH_CUDA
     torch::stable::accelerator::DeviceGuard guard(responses.get_device_index());
-    auto stream = torch::stable::accelerator::getCurrentStream(responses.get_device_index());
-    cuda::dominance_kernel(a, stream.nativeHandle());
+    cuda::dominance_kernel(a, current_cuda_stream(responses.get_device_index()));
 #else
     STD_TORCH_CHECK(false, "dominance: clear_native was built without CUDA");
 #endif

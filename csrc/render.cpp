@@ -118,8 +118,7 @@ Tensor render_impl(const Tensor& classes, const Tensor& responses, const Tensor&
   } else {
 #ifdef CLEAR_NATIVE_WITH_CUDA
     torch::stable::accelerator::DeviceGuard guard(classes.get_device_index());
-    auto stream = torch::stable::accelerator::getCurrentStream(classes.get_device_index());
-    cuda::render_kernel(a, stream.nativeHandle());
+    cuda::render_kernel(a, current_cuda_stream(classes.get_device_index()));
 #else
     STD_TORCH_CHECK(false, "render: clear_native was built without CUDA");
 #endif

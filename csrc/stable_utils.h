@@ -9,6 +9,7 @@
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
+#include <torch/csrc/stable/version.h>
 #include <torch/headeronly/core/ScalarType.h>
 #include <torch/headeronly/util/Exception.h>
 
@@ -52,5 +53,26 @@ inline std::string device_str(const Tensor& t) {
   s << (t.is_cuda() ? "cuda:" : "device:") << static_cast<int>(t.get_device());
   return s.str();
 }
+
+#ifdef CLEAR_NATIVE_WITH_CUDA
+#if TORCH_FEATURE_VERSION < (((0ULL + 2) << 56) | ((0ULL + 13) << 48))
+// Source builds against torch < 2.13 only (the stable Stream has no nativeHandle
+// there): the AOTI shim's query, which lives in libtorch_cuda (CMakeLists.txt links
+// it for such builds).
+extern "C" int32_t aoti_torch_get_current_cuda_stream(int32_t device_index, void** ret_stream);
+#endif
+
+// The raw cudaStream_t of torch's current stream on `device_index`.
+inline void* current_cuda_stream(int32_t device_index) {
+#if TORCH_FEATURE_VERSION >= (((0ULL + 2) << 56) | ((0ULL + 13) << 48))
+  return torch::stable::accelerator::getCurrentStream(device_index).nativeHandle();
+#else
+  void* stream = nullptr;
+  STD_TORCH_CHECK(aoti_torch_get_current_cuda_stream(device_index, &stream) == 0,
+                  "clear_native: could not get the current CUDA stream");
+  return stream;
+#endif
+}
+#endif  // CLEAR_NATIVE_WITH_CUDA
 
 }  // namespace clear_native
