@@ -60,7 +60,7 @@ def require_device_support(tensor: torch.Tensor, what: str) -> None:
 @torch.library.register_fake("clear_native::upsample_dominance")
 def _upsample_dominance_fake(maps, size, mode="bilinear", align_corners=False, target=None,
                              state_values=None, state_indices=None, class_offset=0, ordered=False,
-                             runner_up=True, weakest=True, prune=True):
+                             runner_up=True, weakest=True, prune=1):
     n = maps.shape[0]
     values = maps.new_empty((NUM_VALUE_PLANES, n, size[0], size[1]))
     indices = maps.new_empty((NUM_INDEX_PLANES, n, size[0], size[1]), dtype=torch.int64)

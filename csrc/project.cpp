@@ -59,7 +59,7 @@ std::tuple<Tensor, Tensor> upsample_dominance_impl(
     const Tensor& maps, std::vector<int64_t> size, std::string mode_name, bool align_corners,
     const std::optional<Tensor>& target, const std::optional<Tensor>& state_values,
     const std::optional<Tensor>& state_indices, int64_t class_offset, bool ordered,
-    bool runner_up, bool weakest, bool prune) {
+    bool runner_up, bool weakest, int64_t prune) {
   STD_TORCH_CHECK(maps.dim() == 4, "upsample_dominance: maps must be (N, C, h, w), got ",
                   maps.dim(), " dims of shape ", shape_str(maps));
   const ScalarType dt = maps.scalar_type();
@@ -184,6 +184,7 @@ std::tuple<Tensor, Tensor> upsample_dominance_impl(
   a.ordered = ordered || !state_values.has_value();
   a.runner_up = runner_up;
   a.weakest = weakest;
+  STD_TORCH_CHECK(prune >= 0 && prune <= 2, "upsample_dominance: prune must be 0, 1 or 2, got ", prune);
   a.prune = prune;
 
   if (maps.is_cpu()) {
@@ -191,8 +192,7 @@ std::tuple<Tensor, Tensor> upsample_dominance_impl(
   } else {
 #ifdef CLEAR_NATIVE_WITH_CUDA
     torch::stable::accelerator::DeviceGuard guard(maps.get_device_index());
-    auto stream = torch::stable::accelerator::getCurrentStream(maps.get_device_index());
-    cuda::upsample_dominance_kernel(a, stream.nativeHandle());
+    cuda::upsample_dominance_kernel(a, current_cuda_stream(maps.get_device_index()));
 #else
     STD_TORCH_CHECK(false, "upsample_dominance: clear_native was built without CUDA");
 #endif
@@ -208,7 +208,7 @@ STABLE_TORCH_LIBRARY_FRAGMENT(clear_native, m) {
       "upsample_dominance(Tensor maps, int[] size, str mode=\"bilinear\", "
       "bool align_corners=False, Tensor? target=None, Tensor? state_values=None, "
       "Tensor? state_indices=None, int class_offset=0, bool ordered=False, "
-      "bool runner_up=True, bool weakest=True, bool prune=True) -> (Tensor values, Tensor indices)");
+      "bool runner_up=True, bool weakest=True, int prune=1) -> (Tensor values, Tensor indices)");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(clear_native, CPU, m) {

@@ -41,8 +41,10 @@ struct UpsampleDominanceArgs {
   bool ordered = true;
   bool runner_up = true;
   bool weakest = true;
-  // Pruning on/off (off: every class at every pixel; used by tests).
-  bool prune = true;
+  // 0: every class at every pixel (the exact ground truth for tests);
+  // 1: pick per call (CPU: dense rows for few classes or small cells, pruned
+  //    cells otherwise; CUDA: prune); 2: prune per cell wherever it can.
+  int64_t prune = 1;
 };
 
 namespace cpu {

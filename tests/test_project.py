@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import clear_native
 from clear_native import reference
-from conftest import DEVICES
+from conftest import DEVICES, run_with_baseline_cpu_build
 
 op = torch.ops.clear_native.upsample_dominance.default
 PLANE_FIELDS = [("dominant_class", "dominant_response"), ("runner_up_class", "runner_up_response")]
@@ -155,8 +155,8 @@ def test_pruning_is_exact(kind, mode, align_corners, size):
     """Pruned and unpruned kernels give bit-identical results."""
     maps = adversarial_maps(kind)
     t = torch.tensor([2, 7])
-    pruned = op(maps, list(size), mode, align_corners, t, prune=True)
-    full = op(maps, list(size), mode, align_corners, t, prune=False)
+    pruned = op(maps, list(size), mode, align_corners, t, prune=2)
+    full = op(maps, list(size), mode, align_corners, t, prune=0)
     for a, b in zip(pruned, full):
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
     if kind != "specials":  # inf * 0 weights make NaN in both; compare the rest to torch
@@ -173,6 +173,25 @@ def test_pruning_is_exact(kind, mode, align_corners, size):
             assert (indices[0] == 0).all() and (indices[1] == 1).all() and (indices[2] == 0).all()
         torch.testing.assert_close(values[0], want.dominant_response, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(values[3], want.target_response, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES + [((7, 7), (224, 224))], ids=str)
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("c", [3, 40, 300])
+def test_dense_rows_and_pruned_cells_agree(geometry, align_corners, c):
+    """The CPU kernel's two ways (dense rows: prune=0; pruned cells: prune=2; auto: 1)
+    give bit-identical results on random and on smooth maps."""
+    (h, w), size = geometry
+    g = torch.Generator().manual_seed(c)
+    rough = torch.randn(2, c, h, w, generator=g)
+    smooth = torch.relu(F.avg_pool2d(torch.randn(2, c, h + 2, w + 2, generator=g), 3, 1))
+    t = torch.tensor([0, c - 1])
+    for maps in (rough, smooth):
+        dense = op(maps, list(size), "bilinear", align_corners, t, prune=0)
+        for prune in (1, 2):
+            got = op(maps, list(size), "bilinear", align_corners, t, prune=prune)
+            for a, b in zip(got, dense):
+                torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
 
 
 def test_constant_maps_tie_to_lowest_class():
@@ -256,3 +275,29 @@ def test_torch_compile_fullgraph():
     compiled = torch.compile(f, fullgraph=True)
     for got, want in zip(compiled(*args), f(*args)):
         torch.testing.assert_close(got, want)
+
+
+def _kernel_cases():
+    g = torch.Generator().manual_seed(5)
+    out = []
+    for c, (h, w), size in [(10, (7, 7), [28, 28]), (40, (5, 6), [13, 29]), (300, (3, 3), [40, 37])]:
+        maps = torch.relu(torch.randn(2, c, h, w, generator=g))
+        for mode, ac in (("bilinear", False), ("bilinear", True), ("nearest", False)):
+            for prune in (0, 2):
+                out.append(op(maps, size, mode, ac, torch.tensor([1, c - 1]), prune=prune))
+    return out
+
+
+def test_baseline_simd_build_is_bit_identical(tmp_path):
+    """The scalar (non-AVX2) CPU body gives the AVX2 body's results bit for bit
+    (no FMA contraction anywhere: the same IEEE operations in the same order)."""
+    path = tmp_path / "baseline.pt"
+    code = (
+        "import torch, clear_native, test_project\n"
+        "assert clear_native.build_info()['cpu_capability'] == 'default'\n"
+        f"torch.save(test_project._kernel_cases(), {str(path)!r})\n"
+        "print('ok')\n")
+    run_with_baseline_cpu_build(code)
+    for (v, i), (bv, bi) in zip(_kernel_cases(), torch.load(path)):
+        torch.testing.assert_close(v, bv, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(i, bi)

@@ -47,7 +47,7 @@ __global__ void upsample_dominance_cuda_kernel(UpsampleDominanceArgs args) {
   __shared__ A red_t1[kThreads], red_t2[kThreads], red_bmin[kThreads];
   __shared__ A threshold, bmin;
   __shared__ int nmax, nmin;
-  const bool prune = bilinear && args.prune && cell_pixels >= 4 && C > 2;
+  const bool prune = bilinear && args.prune != 0 && cell_pixels >= 4 && C > 2;
   if (threadIdx.x == 0) nmax = nmin = 0;
   if (prune) {
     A t1 = -std::numeric_limits<A>::infinity(), t2 = t1, b = std::numeric_limits<A>::infinity();

@@ -3,10 +3,15 @@
 // Compiled once per CPU capability (see CMakeLists.txt).
 //
 // Work item: one image and one block of output rows that share their source
-// rows (a row of low-resolution cells). For each cell of that row, the classes
-// that cannot be best, runner-up or weakest anywhere in the cell are pruned
-// once (project_element.h), then the output pixels of the cell evaluate only
-// the survivors, 8 pixels per AVX2 register for float.
+// rows (a row of low-resolution cells). Two ways to evaluate it, both exact and
+// bit-identical (the same arithmetic, no FMA contraction: CMakeLists.txt):
+//  - dense rows (few classes, or cells of a few pixels): each source row is
+//    interpolated horizontally once per class, h[c][x] = m[c][i][j0(x)]*w0(x) +
+//    m[c][i][j1(x)]*w1(x) (cached for the two rows in use), and every output
+//    row is h0*l0 + h1*l1 for all classes, 8 pixels per AVX2 register;
+//  - pruned cells: for each cell of the row, the classes that cannot be best,
+//    runner-up or weakest anywhere in the cell are pruned once
+//    (project_element.h), then the cell's pixels evaluate only the survivors.
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -31,6 +36,12 @@
 
 namespace clear_native::cpu::CLEAR_NATIVE_CPU_CAPABILITY {
 namespace {
+
+// Auto choice (prune == 1): pruned cells from this many classes and cells of
+// this many output pixels on, dense rows below (tuned on a 2-core EPYC with
+// trained-looking and random maps, N=8..64, C=16..1000, h=7..112, H=28..224).
+constexpr int64_t kCellsMinClasses = 256;
+constexpr double kCellsMinCellPixels = 128.0;
 
 // Running slots of a run of output pixels (one row of one cell).
 template <typename A>
@@ -75,6 +86,10 @@ struct Worker {
   Slots<A> s;
   Survivors<A> smax, smin;
   std::vector<A> lo, hi;
+  // Dense rows: two cached horizontally interpolated source rows, (C, Wp) each.
+  int64_t Wp;
+  std::vector<A> hbuf;
+  int64_t hn[2] = {-1, -1}, hi_[2] = {-1, -1};
 
   explicit Worker(const UpsampleDominanceArgs& args)
       : a(args),
@@ -85,8 +100,9 @@ struct Worker {
         col_w1(static_cast<const A*>(args.col_w1)),
         sv(static_cast<const A*>(args.state_values)),
         ov(static_cast<A*>(args.out_values)),
-        plane(args.N * args.H * args.W) {
-    s.resize(args.W);
+        plane(args.N * args.H * args.W),
+        Wp((args.W + 7) / 8 * 8) {
+    s.resize(Wp);
   }
 
   // Slots of output pixels [o, o + len) from the state, or empty.
@@ -248,8 +264,81 @@ struct Worker {
     }
   }
 
+  // Horizontally interpolated source row i of image n, all classes: (C, Wp),
+  // zero-padded. Two rows are cached; `keep` is the other row in use.
+  const A* hrow(int64_t n, int64_t i, int64_t keep) {
+    for (int k = 0; k < 2; ++k)
+      if (hn[k] == n && hi_[k] == i) return hbuf.data() + k * a.C * Wp;
+    const int k = (hn[0] == n && hi_[0] == keep) ? 1 : 0;
+    if (hbuf.empty()) hbuf.assign(2 * a.C * Wp, A(0));
+    A* out = hbuf.data() + k * a.C * Wp;
+    const A* m = maps + n * a.C * a.h * a.w + i * a.w;
+    for (int64_t c = 0; c < a.C; ++c) {
+      const A* r = m + c * a.h * a.w;
+      A* o = out + c * Wp;
+      for (int64_t x = 0; x < a.W; ++x) o[x] = r[a.col0[x]] * col_w0[x] + r[a.col1[x]] * col_w1[x];
+    }
+    hn[k] = n, hi_[k] = i;
+    return out;
+  }
+
+  // Dense rows: one image, one block of rows, every class at every pixel.
+  void run_dense(int64_t n, int64_t rb) {
+    const int64_t y_begin = a.row_block_start[rb], y_end = a.row_block_start[rb + 1];
+    const int64_t i0 = a.row0[y_begin], i1 = a.row1[y_begin];
+    const A* h0 = hrow(n, i0, i1);
+    const A* h1 = hrow(n, i1, i0);
+    const int32_t offset = static_cast<int32_t>(a.class_offset);
+    const int64_t C = a.C;
+    const int64_t tc = a.target != nullptr ? a.target[n] - a.class_offset : -1;
+    for (int64_t y = y_begin; y < y_end; ++y) {
+      const int64_t o = (n * a.H + y) * a.W;
+      const A l0 = row_l0[y], l1 = row_l1[y];
+      load(o, a.W);
+      int64_t x = 0;
+#ifdef CN_HAVE_VEC8
+      if constexpr (std::is_same_v<A, float>) {
+        using avx2::Vec8f;
+        using avx2::Vec8i;
+        using avx2::load8;
+        using avx2::set1;
+        using avx2::store8;
+        const Vec8f vl0 = set1(l0), vl1 = set1(l1);
+        for (; x < Wp; x += 8) {
+          Vec8f a1 = load8(s.v1.data() + x), a2 = load8(s.v2.data() + x), am = load8(s.vm.data() + x);
+          Vec8i j1 = load8(s.i1.data() + x), j2 = load8(s.i2.data() + x), jm = load8(s.im.data() + x);
+          for (int64_t c = 0; c < C; ++c) {
+            const Vec8f v = load8(h0 + c * Wp + x) * vl0 + load8(h1 + c * Wp + x) * vl1;
+            dominance_update<kOrdered, kRunnerUp, kWeakest>(a1, j1, a2, j2, am, jm, v,
+                                                            set1(offset + static_cast<int32_t>(c)));
+          }
+          store8(s.v1.data() + x, a1), store8(s.v2.data() + x, a2), store8(s.vm.data() + x, am);
+          store8(s.i1.data() + x, j1), store8(s.i2.data() + x, j2), store8(s.im.data() + x, jm);
+        }
+      }
+#endif
+      for (; x < a.W; ++x) {
+        for (int64_t c = 0; c < C; ++c) {
+          const A v = h0[c * Wp + x] * l0 + h1[c * Wp + x] * l1;
+          dominance_update<kOrdered, kRunnerUp, kWeakest>(s.v1[x], s.i1[x], s.v2[x], s.i2[x], s.vm[x],
+                                                          s.im[x], v, offset + static_cast<int32_t>(c));
+        }
+      }
+      store(o, a.W);
+      A* tv = ov + kTargetValue * plane + o;
+      if (tc >= 0 && tc < C) {
+        for (int64_t p = 0; p < a.W; ++p) tv[p] = h0[tc * Wp + p] * l0 + h1[tc * Wp + p] * l1;
+      } else if (sv != nullptr) {
+        for (int64_t p = 0; p < a.W; ++p) tv[p] = sv[kTargetValue * plane + o + p];
+      } else {
+        for (int64_t p = 0; p < a.W; ++p) tv[p] = std::numeric_limits<A>::quiet_NaN();
+      }
+    }
+  }
+
   // One image, one block of rows.
-  void run(int64_t n, int64_t rb) {
+  void run(int64_t n, int64_t rb, bool dense) {
+    if (dense) return run_dense(n, rb);
     const int64_t y_begin = a.row_block_start[rb], y_end = a.row_block_start[rb + 1];
     const A* m = maps + n * a.C * a.h * a.w;
     const int64_t i0 = a.row0[y_begin], i1 = a.row1[y_begin];
@@ -259,7 +348,7 @@ struct Worker {
       const bool bilinear = a.mode == InterpMode::kBilinear;
       if (bilinear) {
         // Pruning pays when the cell has enough pixels to amortise it.
-        const bool prune = a.prune && (y_end - y_begin) * (x1 - x0) >= 4 && a.C > 2;
+        const bool prune = a.prune != 0 && (y_end - y_begin) * (x1 - x0) >= 4 && a.C > 2;
         prune_cell(m, i0, i1, j0, j1, prune);
       }
       for (int64_t y = y_begin; y < y_end; ++y) {
@@ -274,15 +363,28 @@ struct Worker {
   }
 };
 
+// Dense rows or pruned cells (bilinear only; nearest evaluates each cell's
+// classes once either way). Dense rows cost a few vector ops per 8 pixels and
+// class; pruning costs scalar work per class and cell plus the survivors'
+// evaluation, so it pays only with many classes and cells of many pixels.
+bool use_dense_rows(const UpsampleDominanceArgs& a) {
+  if (a.mode != InterpMode::kBilinear || a.prune == 2) return false;
+  if (a.prune == 0) return true;
+  const double cell_pixels = static_cast<double>(a.H) * static_cast<double>(a.W) /
+                             static_cast<double>(std::max<int64_t>(1, a.num_row_blocks * a.num_col_blocks));
+  return a.C < kCellsMinClasses || cell_pixels < kCellsMinCellPixels;
+}
+
 template <typename A, bool kOrdered, bool kRunnerUp, bool kWeakest>
 void run_all(const UpsampleDominanceArgs& a) {
+  const bool dense = use_dense_rows(a);
   const int64_t items = a.N * a.num_row_blocks;
   // Cost of one item ~ C * pixels of a row block; aim at GRAIN_SIZE elements.
   const int64_t per_item = std::max<int64_t>(1, a.C * (a.H / std::max<int64_t>(1, a.num_row_blocks)) * a.W);
   const int64_t grain = std::max<int64_t>(1, 32768 / per_item);
   torch::stable::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
     Worker<A, kOrdered, kRunnerUp, kWeakest> worker(a);
-    for (int64_t t = begin; t < end; ++t) worker.run(t / a.num_row_blocks, t % a.num_row_blocks);
+    for (int64_t t = begin; t < end; ++t) worker.run(t / a.num_row_blocks, t % a.num_row_blocks, dense);
   });
 }
 
