@@ -26,12 +26,18 @@ from torch.overrides import TorchFunctionMode
 RULES = ("gradient", "deconvnet", "guided")
 
 
-def _backward(rule: str, grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _save_mask(ctx, rule: str, x: torch.Tensor) -> None:
+    # deconvnet ignores the forward activation: nothing to keep.
+    ctx.save_for_backward(None if rule == "deconvnet" else x > 0)
+
+
+def _backward(rule: str, grad: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    # The bool mask selects (as torch's own ReLU backward does): no float copy of it.
     if rule == "deconvnet":
         return grad.clamp(min=0)
     if rule == "guided":
-        return grad.clamp(min=0) * mask
-    return grad * mask
+        return torch.where(mask, grad.clamp(min=0), 0)
+    return torch.where(mask, grad, 0)
 
 
 class _ReLU(torch.autograd.Function):
@@ -40,13 +46,13 @@ class _ReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, rule: str) -> torch.Tensor:
         ctx.rule = rule
-        ctx.save_for_backward(x > 0)
+        _save_mask(ctx, rule, x)
         return x.clamp(min=0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (mask,) = ctx.saved_tensors
-        return _backward(ctx.rule, grad, mask.to(grad.dtype)), None
+        return _backward(ctx.rule, grad, mask), None
 
 
 class _ReLUInplace(torch.autograd.Function):
@@ -55,7 +61,7 @@ class _ReLUInplace(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, rule: str) -> torch.Tensor:
         ctx.rule = rule
-        ctx.save_for_backward(x > 0)  # a new tensor: unaffected by the in-place write
+        _save_mask(ctx, rule, x)  # a new tensor: unaffected by the in-place write
         x.clamp_(min=0)
         ctx.mark_dirty(x)
         return x
@@ -63,7 +69,7 @@ class _ReLUInplace(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (mask,) = ctx.saved_tensors
-        return _backward(ctx.rule, grad, mask.to(grad.dtype)), None
+        return _backward(ctx.rule, grad, mask), None
 
 
 _OUT_OF_PLACE = {torch.relu, torch.Tensor.relu}
