@@ -88,14 +88,22 @@ def project_dominance(features: torch.Tensor, weight: torch.Tensor, bias: torch.
     if target is not None:
         target = _check_target(target, features, c)
 
-    flat = features.to(acc).flatten(2)                         # (N, K, h*w)
+    # Large heads: one (c', K) x (K, N*h*w) GEMM (near peak) instead of N broadcast ones.
+    one_gemm = n > 1 and c * k >= 65536
+    if one_gemm:
+        flat = features.to(acc).transpose(0, 1).reshape(k, n * h * w)  # (K, N*h*w)
+    else:
+        flat = features.to(acc).flatten(2)                              # (N, K, h*w)
     values = indices = None
     for start in range(0, max(c, 1), class_chunk):
         stop = min(start + class_chunk, c)
-        maps = torch.matmul(weight[start:stop].to(acc), flat)  # (N, c', h*w)
+        if one_gemm:
+            maps = (weight[start:stop].to(acc) @ flat).view(stop - start, n, h * w).transpose(0, 1)
+        else:
+            maps = torch.matmul(weight[start:stop].to(acc), flat)  # (N, c', h*w)
         if bias is not None:
             maps = maps + bias[start:stop].to(acc).unsqueeze(-1)
-        maps = maps.view(n, stop - start, h, w)
+        maps = maps.reshape(n, stop - start, h, w)
         values, indices = torch.ops.clear_native.upsample_dominance(
             maps, [out_h, out_w], mode, align_corners, target, values, indices, start, True,
             runner_up, weakest)

@@ -194,6 +194,14 @@ def test_dense_rows_and_pruned_cells_agree(geometry, align_corners, c):
                 torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("class_chunk", [None, 70])
+def test_large_head_single_gemm(class_chunk):
+    """Heads with C*K >= 65536 take one (C, K) x (K, N*h*w) product (and its permute)."""
+    features = torch.relu(torch.randn(3, 256, 7, 6))
+    weight, bias = torch.randn(300, 256) / 16, torch.randn(300)
+    check(features, weight, bias, (64, 53), target=torch.tensor([0, 299, 5]), class_chunk=class_chunk)
+
+
 def test_constant_maps_tie_to_lowest_class():
     d = clear_native.project_dominance(torch.ones(1, 3, 4, 4), torch.ones(5, 3), size=(16, 16))
     assert (d.dominant_class == 0).all() and (d.runner_up_class == 1).all() and (d.weakest_class == 0).all()

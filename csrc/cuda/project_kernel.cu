@@ -45,43 +45,74 @@ __global__ void upsample_dominance_cuda_kernel(UpsampleDominanceArgs args) {
 
   __shared__ SharedList<A> smax, smin;
   __shared__ A red_t1[kThreads], red_t2[kThreads], red_bmin[kThreads];
+  __shared__ int32_t red_c1[kThreads], red_c2[kThreads], red_e[kThreads];
   __shared__ A threshold, bmin;
+  __shared__ int64_t champ1, champ2, champe;
   __shared__ int nmax, nmin;
   const bool prune = bilinear && args.prune != 0 && cell_pixels >= 4 && C > 2;
   if (threadIdx.x == 0) nmax = nmin = 0;
   if (prune) {
+    // Bounds and champions (project_element.h): two largest min corners and
+    // the smallest max corner, with their classes.
     A t1 = -std::numeric_limits<A>::infinity(), t2 = t1, b = std::numeric_limits<A>::infinity();
+    int64_t c1 = -1, c2 = -1, e = -1;
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
       A lo, hi;
       corner_bounds(m[c * hw + k00], m[c * hw + k01], m[c * hw + k10], m[c * hw + k11], lo, hi);
-      keep_top2(lo, t1, t2);
-      b = hi < b ? hi : b;
+      keep_top2_arg(lo, c, t1, c1, t2, c2);
+      if (hi < b) b = hi, e = c;
     }
     red_t1[threadIdx.x] = t1, red_t2[threadIdx.x] = t2, red_bmin[threadIdx.x] = b;
+    red_c1[threadIdx.x] = static_cast<int32_t>(c1), red_c2[threadIdx.x] = static_cast<int32_t>(c2);
+    red_e[threadIdx.x] = static_cast<int32_t>(e);
     __syncthreads();
     if (threadIdx.x == 0) {
       A g1 = -std::numeric_limits<A>::infinity(), g2 = g1, gb = std::numeric_limits<A>::infinity();
+      int64_t k1 = -1, k2 = -1, ke = -1;
       for (int i = 0; i < blockDim.x; ++i) {
-        keep_top2(red_t1[i], g1, g2);
-        keep_top2(red_t2[i], g1, g2);
-        gb = red_bmin[i] < gb ? red_bmin[i] : gb;
+        keep_top2_arg(red_t1[i], static_cast<int64_t>(red_c1[i]), g1, k1, g2, k2);
+        keep_top2_arg(red_t2[i], static_cast<int64_t>(red_c2[i]), g1, k1, g2, k2);
+        if (red_bmin[i] < gb) gb = red_bmin[i], ke = red_e[i];
       }
       threshold = kRunnerUp ? g2 : g1;
       bmin = gb;
+      champ1 = k1, champ2 = k2, champe = ke;
     }
     __syncthreads();
+    // Champion corners; a missing champion (-1) gets an infinite |corner|: never prunes.
+    const A inf = std::numeric_limits<A>::infinity();
+    A d1[4] = {0, 0, 0, 0}, d2[4] = {0, 0, 0, 0}, de[4] = {0, 0, 0, 0};
+    A d1a = inf, d2a = inf, dea = inf;
+    const int64_t ch[3] = {champ1, champ2, champe};
+    A* dv[3] = {d1, d2, de};
+    A* da[3] = {&d1a, &d2a, &dea};
+    for (int q = 0; q < 3; ++q) {
+      if (ch[q] < 0) continue;
+      const A* mc = m + ch[q] * hw;
+      dv[q][0] = mc[k00], dv[q][1] = mc[k01], dv[q][2] = mc[k10], dv[q][3] = mc[k11];
+      A lo, hi;
+      corner_bounds(dv[q][0], dv[q][1], dv[q][2], dv[q][3], lo, hi);
+      *da[q] = corner_abs(lo, hi);
+    }
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
       const A va = m[c * hw + k00], vb = m[c * hw + k01], vc = m[c * hw + k10], vd = m[c * hw + k11];
       A lo, hi;
       corner_bounds(va, vb, vc, vd, lo, hi);
-      if (!below_everywhere(hi, threshold)) {
+      const A xa = corner_abs(lo, hi);
+      bool beaten = below_everywhere(hi, threshold);
+      if (!beaten && c != champ1 && below_at_every_corner(va, vb, vc, vd, xa, d1[0], d1[1], d1[2], d1[3], d1a))
+        beaten = !kRunnerUp ||
+                 (c != champ2 && below_at_every_corner(va, vb, vc, vd, xa, d2[0], d2[1], d2[2], d2[3], d2a));
+      const bool above = above_everywhere(lo, bmin) ||
+                         (c != champe && below_at_every_corner(de[0], de[1], de[2], de[3], dea, va, vb, vc, vd, xa));
+      if (!beaten) {
         const int s = atomicAdd(&nmax, 1);
         if (s < kCapacity) {
           smax.cls[s] = offset + static_cast<int32_t>(c);
           smax.a[s] = va, smax.b[s] = vb, smax.c[s] = vc, smax.d[s] = vd;
         }
       }
-      if (kWeakest && !above_everywhere(lo, bmin)) {
+      if (kWeakest && !above) {
         const int s = atomicAdd(&nmin, 1);
         if (s < kCapacity) {
           smin.cls[s] = offset + static_cast<int32_t>(c);
