@@ -58,6 +58,12 @@ def default_class_chunk(device: torch.device, batch: int) -> int:
         return DEFAULT_CLASS_CHUNK
     return max(1, DEFAULT_CLASS_CHUNK // max(batch, 1))
 
+
+# CPU back-projection: images per forward + class passes. Smaller batches keep the
+# saved activations and backward buffers in cache (MNIST ALL-CNN, N=64 on a 2-core
+# EPYC: 16 images at a time ~25% faster than 64); the results are the same.
+CPU_IMAGE_CHUNK = 16
+
 _POOL_TYPES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d)
 
 
@@ -217,6 +223,22 @@ class Clear:
     # -- back-projection methods ------------------------------------------------------
 
     def _backproject(self, images, target, classes, keep, chunk) -> ClearMaps:
+        n, step = images.shape[0], CPU_IMAGE_CHUNK
+        # Image chunks on CPU, where per-image results do not depend on the batch:
+        # no module in training mode (batch statistics) and one class table for all
+        # images (top-k tables may differ in width between chunks).
+        if (images.device.type != "cpu" or n <= step or isinstance(classes, int)
+                or any(m.training for m in self.model.modules())):
+            return self._backproject_batch(images, target, classes, keep, chunk)
+        if target is not None:
+            target = torch.as_tensor(target, device=images.device)
+            if target.shape != (n,):
+                raise ValueError(f"Clear: target must be (N,) = ({n},), got shape {tuple(target.shape)}")
+        parts = [self._backproject_batch(images[i:i + step], None if target is None else target[i:i + step],
+                                         classes, keep, chunk) for i in range(0, n, step)]
+        return _cat_maps(parts)
+
+    def _backproject_batch(self, images, target, classes, keep, chunk) -> ClearMaps:
         x = images.detach().clone().requires_grad_(True)
         with torch.enable_grad(), _frozen_parameters(self.model):
             with relu_rule(self.method):
@@ -471,6 +493,19 @@ def _result(state: Dominance, table, target, prediction, logits, method, classes
         rival_class=g(state.rival_class), rival_response=state.rival_response,
         prediction=prediction, logits=logits, method=method,
         classes=None if shared_all else table, class_maps=kept, num_classes=c)
+
+
+def _cat_maps(parts: list[ClearMaps]) -> ClearMaps:
+    """Joins the ClearMaps of consecutive image chunks (one shared class table)."""
+    first = parts[0]
+    values = {}
+    for f in fields(ClearMaps):
+        v = getattr(first, f.name)
+        if f.name == "classes" or not isinstance(v, torch.Tensor):
+            values[f.name] = v
+        else:
+            values[f.name] = torch.cat([getattr(p, f.name) for p in parts], 0)
+    return ClearMaps(**values)
 
 
 def _upsample(maps: torch.Tensor, size, mode: str) -> torch.Tensor:

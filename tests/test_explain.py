@@ -1,6 +1,7 @@
 """clear_native.Clear against slow, independently written per-class loops."""
 import gc
 import tracemalloc
+from dataclasses import fields
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import clear_native
+from clear_native import explain as explain_mod
 from clear_native import reference
 from conftest import DEVICES
 
@@ -294,6 +296,25 @@ def test_chunked_equals_unchunked(method, chunk):
     assert_dominance(parts, parts.class_maps, parts.target)
     nokeep = clear_native.Clear(model, method, class_chunk=chunk)(x)
     torch.testing.assert_close(nokeep.dominant_response, whole.dominant_response)
+
+
+@pytest.mark.parametrize("method", ["deconvnet", "guided"])
+@pytest.mark.parametrize("kwargs", [{}, {"classes": [4, 0, 2]}, {"target": "given"}], ids=str)
+def test_cpu_image_chunks_equal_one_batch(method, kwargs, monkeypatch):
+    """On CPU the back-projection runs CPU_IMAGE_CHUNK images at a time: same result."""
+    model, x = make("gap", n=2 * explain_mod.CPU_IMAGE_CHUNK + 5)
+    kwargs = dict(kwargs)
+    if kwargs.get("target") == "given":
+        kwargs["target"] = torch.arange(x.shape[0]) % NUM_CLASSES
+    chunked = clear_native.Clear(model, method)(x, keep_class_maps=True, **kwargs)
+    monkeypatch.setattr(explain_mod, "CPU_IMAGE_CHUNK", 10 ** 6)
+    whole = clear_native.Clear(model, method)(x, keep_class_maps=True, **kwargs)
+    for f in fields(whole):
+        a, b = getattr(chunked, f.name), getattr(whole, f.name)
+        if isinstance(b, torch.Tensor):
+            torch.testing.assert_close(a, b, equal_nan=True, msg=f.name)
+        else:
+            assert a == b, f.name
 
 
 @pytest.mark.parametrize("method", ["deconvnet", "cam"])
