@@ -100,6 +100,17 @@ def _importable(monkeypatch):
     monkeypatch.syspath_prepend(str(HERE))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """In-process runs use one thread, as the subprocesses do (OMP_NUM_THREADS=1 in _env):
+    oneDNN's convolutions may round differently with another thread count, and the
+    resume / torchrun tests compare runs byte for byte."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def reference_run(npz, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "out"
