@@ -3,6 +3,8 @@
 // dispatcher (torch.ops.clear_native.*), registered by the other files of this .so.
 #include <pybind11/pybind11.h>
 
+#include <string>
+
 #include <torch/csrc/stable/ops.h>
 
 #include "cpu/cpu_dispatch.h"
@@ -25,5 +27,8 @@ PYBIND11_MODULE(_C, m) {
         "SIMD level of the CPU kernels chosen at run time ('avx2' or 'default').");
   m.def("num_threads", [] { return torch::stable::get_num_threads(); },
         "Threads of torch's intra-op pool, used by the CPU kernels.");
-  m.attr("torch_target_version") = py::str("2.13");
+  // Oldest torch this binary runs on (TORCH_TARGET_VERSION: major << 56 | minor << 48).
+  constexpr unsigned long long kTarget = TORCH_TARGET_VERSION;
+  m.attr("torch_target_version") =
+      py::str(std::to_string((kTarget >> 56) & 0xff) + "." + std::to_string((kTarget >> 48) & 0xff));
 }
