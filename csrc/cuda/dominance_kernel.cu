@@ -14,6 +14,7 @@
 
 #include "dominance.h"
 #include "dominance_element.h"
+#include "flag_dispatch.h"
 
 namespace clear_native::cuda {
 namespace {
@@ -79,18 +80,11 @@ void launch(const DominanceArgs& a, cudaStream_t stream) {
   dominance_cuda_kernel<T, O, R, W><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a);
 }
 
-template <typename T, bool O>
-void launch_flags(const DominanceArgs& a, cudaStream_t stream) {
-  if (a.runner_up && a.weakest) return launch<T, O, true, true>(a, stream);
-  if (a.runner_up) return launch<T, O, true, false>(a, stream);
-  if (a.weakest) return launch<T, O, false, true>(a, stream);
-  return launch<T, O, false, false>(a, stream);
-}
-
 template <typename T>
 void launch_typed(const DominanceArgs& a, cudaStream_t stream) {
-  if (a.ordered) return launch_flags<T, true>(a, stream);
-  return launch_flags<T, false>(a, stream);
+  dispatch_dominance_flags(a.ordered, a.runner_up, a.weakest, [&](auto o, auto r, auto w) {
+    launch<T, decltype(o)::value, decltype(r)::value, decltype(w)::value>(a, stream);
+  });
 }
 
 }  // namespace

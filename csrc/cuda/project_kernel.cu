@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include "dominance_element.h"
+#include "flag_dispatch.h"
 #include "project.h"
 #include "project_element.h"
 
@@ -202,10 +203,10 @@ void launch(const UpsampleDominanceArgs& a, cudaStream_t stream) {
 
 template <typename A>
 void launch_typed(const UpsampleDominanceArgs& a, cudaStream_t stream) {
-  if (a.runner_up && a.weakest) return launch<A, true, true>(a, stream);
-  if (a.runner_up) return launch<A, true, false>(a, stream);
-  if (a.weakest) return launch<A, false, true>(a, stream);
-  return launch<A, false, false>(a, stream);
+  // Survivors come in no fixed order: the order-independent update only.
+  dispatch_dominance_flags(false, a.runner_up, a.weakest, [&](auto, auto r, auto w) {
+    launch<A, decltype(r)::value, decltype(w)::value>(a, stream);
+  });
 }
 
 }  // namespace

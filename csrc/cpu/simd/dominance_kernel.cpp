@@ -22,6 +22,7 @@
 #include "cpu/cpu_dispatch.h"
 #include "dominance.h"
 #include "dominance_element.h"
+#include "flag_dispatch.h"
 
 #if defined(__AVX2__) && defined(__F16C__)
 #include "cpu/vec_avx2.h"
@@ -157,18 +158,11 @@ void dominance_tiles(const DominanceArgs& a) {
   });
 }
 
-template <typename T, bool kOrdered>
-void dominance_flags(const DominanceArgs& a) {
-  if (a.runner_up && a.weakest) return dominance_tiles<T, kOrdered, true, true>(a);
-  if (a.runner_up) return dominance_tiles<T, kOrdered, true, false>(a);
-  if (a.weakest) return dominance_tiles<T, kOrdered, false, true>(a);
-  return dominance_tiles<T, kOrdered, false, false>(a);
-}
-
 template <typename T>
 void dominance_typed(const DominanceArgs& a) {
-  if (a.ordered) return dominance_flags<T, true>(a);
-  return dominance_flags<T, false>(a);
+  dispatch_dominance_flags(a.ordered, a.runner_up, a.weakest, [&](auto o, auto r, auto w) {
+    dominance_tiles<T, decltype(o)::value, decltype(r)::value, decltype(w)::value>(a);
+  });
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 
 #include "cpu/cpu_dispatch.h"
 #include "dominance_element.h"
+#include "flag_dispatch.h"
 #include "project.h"
 #include "project_element.h"
 
@@ -56,6 +57,24 @@ struct Slots {
   }
 };
 
+#ifdef CN_HAVE_VEC8
+// The slots of 8 consecutive pixels, in AVX2 registers (float).
+struct Regs8 {
+  avx2::Vec8f v1, v2, vm;
+  avx2::Vec8i i1, i2, im;
+  static Regs8 load(const Slots<float>& s, int64_t p) {
+    using avx2::load8;
+    return {load8(s.v1.data() + p), load8(s.v2.data() + p), load8(s.vm.data() + p),
+            load8(s.i1.data() + p), load8(s.i2.data() + p), load8(s.im.data() + p)};
+  }
+  void store(Slots<float>& s, int64_t p) const {
+    using avx2::store8;
+    store8(s.v1.data() + p, v1), store8(s.v2.data() + p, v2), store8(s.vm.data() + p, vm);
+    store8(s.i1.data() + p, i1), store8(s.i2.data() + p, i2), store8(s.im.data() + p, im);
+  }
+};
+#endif
+
 // Survivors of one cell: class ids and their 4 corners.
 template <typename A>
 struct Survivors {
@@ -68,8 +87,8 @@ struct Survivors {
   int64_t size() const { return static_cast<int64_t>(cls.size()); }
 };
 
-template <typename A, bool kOrdered>
-CN_INLINE void min_update(A& vm, int32_t& im, A v, int32_t c) {
+template <typename A, bool kOrdered, typename I>
+CN_INLINE void min_update(A& vm, I& im, A v, I c) {
   const auto bm = beats_min<kOrdered>(v, c, vm, im);
   vm = select(bm, v, vm);
   im = select(bm, c, im);
@@ -196,32 +215,26 @@ struct Worker {
 #ifdef CN_HAVE_VEC8
     if constexpr (std::is_same_v<A, float>) {
       using avx2::Vec8f;
-      using avx2::Vec8i;
       using avx2::load8;
       using avx2::set1;
-      using avx2::store8;
       const Vec8f vl0 = set1(l0), vl1 = set1(l1);
       for (; p + 8 <= len; p += 8) {
         const Vec8f w0 = load8(col_w0 + x0 + p), w1 = load8(col_w1 + x0 + p);
-        Vec8f a1 = load8(s.v1.data() + p), a2 = load8(s.v2.data() + p), am = load8(s.vm.data() + p);
-        Vec8i j1 = load8(s.i1.data() + p), j2 = load8(s.i2.data() + p), jm = load8(s.im.data() + p);
+        Regs8 r = Regs8::load(s, p);
         for (int64_t k = 0; k < smax.size(); ++k) {
           const Vec8f v = bilerp(set1(smax.a[k]), set1(smax.b[k]), set1(smax.c[k]), set1(smax.d[k]),
                                  w0, w1, vl0, vl1);
-          dominance_update<kOrdered, kRunnerUp, false>(a1, j1, a2, j2, am, jm, v, set1(smax.cls[k]));
+          dominance_update<kOrdered, kRunnerUp, false>(r.v1, r.i1, r.v2, r.i2, r.vm, r.im, v,
+                                                       set1(smax.cls[k]));
         }
         if constexpr (kWeakest) {
           for (int64_t k = 0; k < smin.size(); ++k) {
             const Vec8f v = bilerp(set1(smin.a[k]), set1(smin.b[k]), set1(smin.c[k]), set1(smin.d[k]),
                                    w0, w1, vl0, vl1);
-            const Vec8i ck = set1(smin.cls[k]);
-            const auto bm = beats_min<kOrdered>(v, ck, am, jm);
-            am = select(bm, v, am);
-            jm = select(bm, ck, jm);
+            min_update<Vec8f, kOrdered>(r.vm, r.im, v, set1(smin.cls[k]));
           }
         }
-        store8(s.v1.data() + p, a1), store8(s.v2.data() + p, a2), store8(s.vm.data() + p, am);
-        store8(s.i1.data() + p, j1), store8(s.i2.data() + p, j2), store8(s.im.data() + p, jm);
+        r.store(s, p);
       }
     }
 #endif
@@ -324,21 +337,17 @@ struct Worker {
 #ifdef CN_HAVE_VEC8
       if constexpr (std::is_same_v<A, float>) {
         using avx2::Vec8f;
-        using avx2::Vec8i;
         using avx2::load8;
         using avx2::set1;
-        using avx2::store8;
         const Vec8f vl0 = set1(l0), vl1 = set1(l1);
         for (; x < Wp; x += 8) {
-          Vec8f a1 = load8(s.v1.data() + x), a2 = load8(s.v2.data() + x), am = load8(s.vm.data() + x);
-          Vec8i j1 = load8(s.i1.data() + x), j2 = load8(s.i2.data() + x), jm = load8(s.im.data() + x);
+          Regs8 r = Regs8::load(s, x);
           for (int64_t c = 0; c < C; ++c) {
             const Vec8f v = load8(h0 + c * Wp + x) * vl0 + load8(h1 + c * Wp + x) * vl1;
-            dominance_update<kOrdered, kRunnerUp, kWeakest>(a1, j1, a2, j2, am, jm, v,
+            dominance_update<kOrdered, kRunnerUp, kWeakest>(r.v1, r.i1, r.v2, r.i2, r.vm, r.im, v,
                                                             set1(offset + static_cast<int32_t>(c)));
           }
-          store8(s.v1.data() + x, a1), store8(s.v2.data() + x, a2), store8(s.vm.data() + x, am);
-          store8(s.i1.data() + x, j1), store8(s.i2.data() + x, j2), store8(s.im.data() + x, jm);
+          r.store(s, x);
         }
       }
 #endif
@@ -413,18 +422,11 @@ void run_all(const UpsampleDominanceArgs& a) {
   });
 }
 
-template <typename A, bool kOrdered>
-void run_flags(const UpsampleDominanceArgs& a) {
-  if (a.runner_up && a.weakest) return run_all<A, kOrdered, true, true>(a);
-  if (a.runner_up) return run_all<A, kOrdered, true, false>(a);
-  if (a.weakest) return run_all<A, kOrdered, false, true>(a);
-  return run_all<A, kOrdered, false, false>(a);
-}
-
 template <typename A>
 void run_typed(const UpsampleDominanceArgs& a) {
-  if (a.ordered) return run_flags<A, true>(a);
-  return run_flags<A, false>(a);
+  dispatch_dominance_flags(a.ordered, a.runner_up, a.weakest, [&](auto o, auto r, auto w) {
+    run_all<A, decltype(o)::value, decltype(r)::value, decltype(w)::value>(a);
+  });
 }
 
 }  // namespace
