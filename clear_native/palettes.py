@@ -104,16 +104,21 @@ def get_palette(num_classes: int, name: str = "auto") -> torch.Tensor:
     return torch.tensor(colours[:num_classes], dtype=torch.uint8).reshape(num_classes, 3)
 
 
-def class_shares(classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+def class_shares(classes: torch.Tensor, num_classes: int, mask: torch.Tensor | None = None
+                 ) -> torch.Tensor:
     """``(N, num_classes)`` float: share of each image's pixels that each class
-    dominates (pixels of class -1 count in the denominator)."""
+    dominates. Only pixels where ``mask`` (same shape as ``classes``) is true count,
+    e.g. ``dominant_response > 0``: the pixels a CLEAR map colours; pixels of
+    class -1 count in the denominator."""
     n = classes.shape[0]
     flat = classes.reshape(n, -1)
-    valid = (flat >= 0) & (flat < num_classes)
+    keep = torch.ones_like(flat, dtype=torch.bool) if mask is None else mask.reshape(n, -1).to(flat.device)
+    valid = (flat >= 0) & (flat < num_classes) & keep
     idx = torch.where(valid, flat, torch.full_like(flat, num_classes))
     counts = torch.zeros(n, num_classes + 1, dtype=torch.float64, device=classes.device)
-    counts.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))
-    return (counts[:, :num_classes] / max(flat.shape[1], 1)).to(torch.float32)
+    counts.scatter_add_(1, idx, keep.to(torch.float64))
+    total = counts.sum(1, keepdim=True).clamp(min=1)
+    return (counts[:, :num_classes] / total).to(torch.float32)
 
 
 def top_k_classes(classes: torch.Tensor, num_classes: int, k: int) -> list[int]:

@@ -5,9 +5,9 @@
     fig = clear_native.plot.grid(maps, images, labels=y, predictions=pred, path="out/batch.png")
 
 ``figure``: one row per example: input | positive focus | negative focus | CLEAR
-map | binary for/against map | share of the image each class dominates; under
-the rows, the colour-bar legend of class names (with their share of the pixels
-shown). Titles give the true and predicted labels. ``grid``: a whole batch,
+map | binary for/against map | share of the coloured pixels (positive dominant
+response; not the hidden background) each class dominates; under the rows, the
+colour-bar legend of class names (with their share of the coloured pixels shown). Titles give the true and predicted labels. ``grid``: a whole batch,
 correctly and wrongly classified examples side by side, each as its CLEAR map
 over the input.
 
@@ -100,7 +100,7 @@ def _draw_legend(ax, pal, classes_shown, other, class_names, shares, wrap):
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, fontsize=7)
     ax.tick_params(length=0)
-    ax.set_title("dominant class (share of the pixels shown)", fontsize=8)
+    ax.set_title("dominant class (share of the coloured pixels shown)", fontsize=8)
 
 
 def _save(fig, path, formats, dpi):
@@ -112,6 +112,12 @@ def _save(fig, path, formats, dpi):
         [path.with_name(path.name + "." + f) for f in formats]
     for p in targets:
         fig.savefig(p, dpi=dpi)
+
+
+def _coloured(maps) -> torch.Tensor:
+    """Pixels a CLEAR map colours (positive dominant response), CPU bool (N, H, W): the
+    class shares count these, not the hidden background."""
+    return (_field(maps, "dominant_response", "figure").detach().cpu() > 0)
 
 
 def figure(maps, images: torch.Tensor | None = None, *, labels=None, predictions=None,
@@ -166,9 +172,11 @@ def figure(maps, images: torch.Tensor | None = None, *, labels=None, predictions
     ncols = len(cols) + 1  # + the share bars
 
     classes_cpu = classes_all.detach().cpu()
-    shares = _palettes.class_shares(classes_cpu, pal.shape[0])
+    coloured = _coloured(maps)
+    shares = _palettes.class_shares(classes_cpu, pal.shape[0], coloured)
     shown = classes_cpu[rows]
-    mean_share = _palettes.class_shares(shown.reshape(1, -1), pal.shape[0])[0].tolist()
+    mean_share = _palettes.class_shares(shown.reshape(1, -1), pal.shape[0],
+                                        coloured[rows].reshape(1, -1))[0].tolist()
     legend_classes, other = _legend_classes(shown, pal.shape[0])
 
     height = panel_size * len(rows) * 1.2 + 1.8
@@ -272,7 +280,8 @@ def grid(maps, images: torch.Tensor | None = None, *, labels=None, predictions=N
                          color="green" if s == 0 else "red")
         fig.text(0.25 + 0.5 * s, 1 - 0.25 / height, title, ha="center", fontsize=10)
     shown = classes_all.detach().cpu()
-    share = _palettes.class_shares(shown.reshape(1, -1), pal.shape[0])[0].tolist()
+    share = _palettes.class_shares(shown.reshape(1, -1), pal.shape[0],
+                                   _coloured(maps).reshape(1, -1))[0].tolist()
     legend_classes, other = _legend_classes(shown, pal.shape[0])
     _draw_legend(fig.add_subplot(outer[1, :]), pal, legend_classes, other, class_names, share, wrap)
     _save(fig, path, formats, dpi)

@@ -261,6 +261,11 @@ def test_top_k_other_is_grey():
 def test_class_shares():
     cls = torch.tensor([[[0, 0, 1, -1]]])
     assert palettes.class_shares(cls, 3).tolist() == [[0.5, 0.25, 0.0]]
+    # Only masked-in pixels count (e.g. the coloured ones: positive response).
+    mask = torch.tensor([[[True, False, True, True]]])
+    torch.testing.assert_close(palettes.class_shares(cls, 3, mask), torch.tensor([[1 / 3, 1 / 3, 0.0]]))
+    none = torch.zeros_like(mask)
+    assert palettes.class_shares(cls, 3, none).tolist() == [[0.0, 0.0, 0.0]]
 
 
 # --- bad input ----------------------------------------------------------------------
