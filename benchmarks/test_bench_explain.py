@@ -11,6 +11,7 @@
   (forward + ``reference.project_dominance`` over the 1000 classes).
 """
 import functools
+import time
 
 import pytest
 import torch
@@ -152,6 +153,31 @@ def test_explain_mnist_deconvnet(benchmark, impl, device):
     _bench(benchmark, MNIST_IMPLS[impl], make_mnist, device,
            f"explain deconvnet mnist 64x1x28x28 C=10 {device}", impl, rounds=5,
            method="deconvnet", classes=10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_explain_mnist_deconvnet_interleaved(benchmark, device):
+    """The same comparison with the two implementations alternating round by round, so that
+    a machine whose speed drifts (shared hosts) affects both alike: each round times Clear
+    then the Captum loop; extra_info holds the per-round times and the median ratio."""
+    pytest.importorskip("captum")
+    model, x = make_mnist(device)
+    times = {"clear_native": [], "captum_per_class": []}
+
+    def pair():
+        for name, fn in (("clear_native", run_clear_deconvnet), ("captum_per_class", run_captum_deconvnet)):
+            t0 = time.perf_counter()
+            fn(model, x)
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+
+    benchmark.group = f"explain deconvnet mnist 64x1x28x28 C=10 {device} interleaved"
+    benchmark.pedantic(pair, rounds=7, warmup_rounds=1, iterations=1)
+    ours, theirs = times["clear_native"][1:], times["captum_per_class"][1:]  # first: warm-up
+    ratios = sorted(t / o for o, t in zip(ours, theirs))
+    benchmark.extra_info.update(
+        op="explain", impl="interleaved", device=device, clear_native_s=ours, captum_per_class_s=theirs,
+        median_speedup=ratios[len(ratios) // 2])
 
 
 @pytest.mark.parametrize("device", DEVICES)
