@@ -98,21 +98,10 @@ CN_INLINE bool above_everywhere(A min_corner, A threshold) {
   return min_corner > threshold + prune_margin(min_corner, threshold);
 }
 
-// Keeps the two largest values seen (t1 >= t2), NaN ignored.
-template <typename A>
-CN_INLINE void keep_top2(A v, A& t1, A& t2) {
-  if (!(v == v)) return;
-  if (v > t1) {
-    t2 = t1;
-    t1 = v;
-  } else if (v > t2) {
-    t2 = v;
-  }
-}
-
-// keep_top2 that also tracks the classes (c1, c2; -1 while empty).
-template <typename A>
-CN_INLINE void keep_top2_arg(A v, int64_t c, A& t1, int64_t& c1, A& t2, int64_t& c2) {
+// Keeps the two largest values seen (t1 >= t2) and their classes (c1, c2;
+// -1 while empty), NaN ignored.
+template <typename A, typename I>
+CN_INLINE void keep_top2(A v, I c, A& t1, I& c1, A& t2, I& c2) {
   if (!(v == v)) return;
   if (v > t1) {
     t2 = t1, c2 = c1;
@@ -122,36 +111,97 @@ CN_INLINE void keep_top2_arg(A v, int64_t c, A& t1, int64_t& c1, A& t2, int64_t&
   }
 }
 
-// Largest |corner| from the corner bounds: infinite when a corner is NaN or infinite.
+// One class's 4 corners in a cell (a = [i0][j0], b = [i0][j1], c = [i1][j0],
+// d = [i1][j1]) and their bounds; NaN corners give infinite bounds.
 template <typename A>
-CN_INLINE A corner_abs(A lo, A hi) {
-  const A a = abs_(lo), b = abs_(hi);
-  return a > b ? a : b;
-}
-
-// True when the class with corners x (largest |corner| x_abs) is below the
-// class with corners y at every pixel of the cell: every corner difference
-// exceeds the rounding margin. False for any non-finite corner (the margin is
-// then infinite or NaN).
-template <typename A>
-CN_INLINE bool below_at_every_corner(A x0, A x1, A x2, A x3, A x_abs, A y0, A y1, A y2, A y3, A y_abs) {
-  const A m = prune_margin(x_abs, y_abs);
-  return (y0 - x0 > m) && (y1 - x1 > m) && (y2 - x2 > m) && (y3 - x3 > m);
-}
-
-template <typename A>
-CN_INLINE void corner_bounds(A a, A b, A c, A d, A& lo, A& hi) {
-  if (!(a == a && b == b && c == c && d == d)) {  // NaN corner: unbounded
-    lo = -std::numeric_limits<A>::infinity();
-    hi = std::numeric_limits<A>::infinity();
-    return;
+struct CellCorners {
+  A v[4];
+  A lo, hi;
+  // Largest |corner|: infinite when a corner is NaN or infinite.
+  CN_INLINE A abs() const {
+    const A a = abs_(lo), b = abs_(hi);
+    return a > b ? a : b;
   }
-  lo = a < b ? a : b;
-  lo = lo < c ? lo : c;
-  lo = lo < d ? lo : d;
-  hi = a > b ? a : b;
-  hi = hi > c ? hi : c;
-  hi = hi > d ? hi : d;
+};
+
+template <typename A>
+CN_INLINE CellCorners<A> cell_corners(const A* mc, int64_t k00, int64_t k01, int64_t k10, int64_t k11) {
+  CellCorners<A> r{{mc[k00], mc[k01], mc[k10], mc[k11]}, A(0), A(0)};
+  const A* v = r.v;
+  if (!(v[0] == v[0] && v[1] == v[1] && v[2] == v[2] && v[3] == v[3])) {  // NaN corner: unbounded
+    r.lo = -std::numeric_limits<A>::infinity();
+    r.hi = std::numeric_limits<A>::infinity();
+    return r;
+  }
+  r.lo = v[0] < v[1] ? v[0] : v[1];
+  r.lo = r.lo < v[2] ? r.lo : v[2];
+  r.lo = r.lo < v[3] ? r.lo : v[3];
+  r.hi = v[0] > v[1] ? v[0] : v[1];
+  r.hi = r.hi > v[2] ? r.hi : v[2];
+  r.hi = r.hi > v[3] ? r.hi : v[3];
+  return r;
+}
+
+// The corners of champion class `c` of a cell; a missing champion (-1) is
+// unbounded, so it never prunes.
+template <typename A>
+CN_INLINE CellCorners<A> champion_corners(const A* m, int64_t hw, int64_t c, int64_t k00, int64_t k01,
+                                          int64_t k10, int64_t k11) {
+  if (c >= 0) return cell_corners(m + c * hw, k00, k01, k10, k11);
+  return CellCorners<A>{{A(0), A(0), A(0), A(0)}, -std::numeric_limits<A>::infinity(),
+                        std::numeric_limits<A>::infinity()};
+}
+
+// True when class x is below class y at every pixel of the cell: every corner
+// difference exceeds the rounding margin. False for any non-finite corner (the
+// margin is then infinite or NaN).
+template <typename A>
+CN_INLINE bool below_in_cell(const CellCorners<A>& x, const CellCorners<A>& y) {
+  const A m = prune_margin(x.abs(), y.abs());
+  return (y.v[0] - x.v[0] > m) && (y.v[1] - x.v[1] > m) && (y.v[2] - x.v[2] > m) &&
+         (y.v[3] - x.v[3] > m);
+}
+
+// First pass over a cell's classes: the two largest min corners and the
+// smallest max corner, with their classes (the champions). Trivial type (no
+// constructor) so that CUDA can keep one per thread in shared memory.
+template <typename A>
+struct CellBounds {
+  A t1, t2, bmin;
+  int32_t c1, c2, e;
+
+  CN_INLINE static CellBounds empty() {
+    const A inf = std::numeric_limits<A>::infinity();
+    return CellBounds{-inf, -inf, inf, -1, -1, -1};
+  }
+  CN_INLINE void add(int32_t c, A lo, A hi) {
+    keep_top2(lo, c, t1, c1, t2, c2);
+    if (hi < bmin) bmin = hi, e = c;
+  }
+  CN_INLINE void merge(const CellBounds& o) {
+    keep_top2(o.t1, o.c1, t1, c1, t2, c2);
+    keep_top2(o.t2, o.c2, t1, c1, t2, c2);
+    if (o.bmin < bmin) bmin = o.bmin, e = o.e;
+  }
+};
+
+// Second pass, class c with corners x: true when it can be skipped for the best
+// (and runner-up) slots: one (two) other classes beat it everywhere in the cell
+// (interval test, then the champion test with champions d1, d2).
+template <bool kRunnerUp, typename A>
+CN_INLINE bool beaten_in_cell(const CellBounds<A>& b, int64_t c, const CellCorners<A>& x,
+                              const CellCorners<A>& d1, const CellCorners<A>& d2) {
+  if (below_everywhere(x.hi, kRunnerUp ? b.t2 : b.t1)) return true;
+  if (c == b.c1 || !below_in_cell(x, d1)) return false;
+  return !kRunnerUp || (c != b.c2 && below_in_cell(x, d2));
+}
+
+// Mirrored for the weakest slot: some other class (the champion de) is below
+// class c everywhere in the cell.
+template <typename A>
+CN_INLINE bool above_in_cell(const CellBounds<A>& b, int64_t c, const CellCorners<A>& x,
+                             const CellCorners<A>& de) {
+  return above_everywhere(x.lo, b.bmin) || (c != b.e && below_in_cell(de, x));
 }
 
 }  // namespace clear_native

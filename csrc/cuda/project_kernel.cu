@@ -45,79 +45,43 @@ __global__ void upsample_dominance_cuda_kernel(UpsampleDominanceArgs args) {
   const int64_t cell_w = x_end - x_begin, cell_pixels = (y_end - y_begin) * cell_w;
 
   __shared__ SharedList<A> smax, smin;
-  __shared__ A red_t1[kThreads], red_t2[kThreads], red_bmin[kThreads];
-  __shared__ int32_t red_c1[kThreads], red_c2[kThreads], red_e[kThreads];
-  __shared__ A threshold, bmin;
-  __shared__ int64_t champ1, champ2, champe;
+  __shared__ CellBounds<A> red[kThreads];
   __shared__ int nmax, nmin;
   const bool prune = bilinear && args.prune != 0 && cell_pixels >= 4 && C > 2;
   if (threadIdx.x == 0) nmax = nmin = 0;
   if (prune) {
-    // Bounds and champions (project_element.h): two largest min corners and
-    // the smallest max corner, with their classes.
-    A t1 = -std::numeric_limits<A>::infinity(), t2 = t1, b = std::numeric_limits<A>::infinity();
-    int64_t c1 = -1, c2 = -1, e = -1;
+    // Bounds and champions of the cell (project_element.h): per thread, then
+    // merged by thread 0 into red[0].
+    CellBounds<A> b = CellBounds<A>::empty();
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-      A lo, hi;
-      corner_bounds(m[c * hw + k00], m[c * hw + k01], m[c * hw + k10], m[c * hw + k11], lo, hi);
-      keep_top2_arg(lo, c, t1, c1, t2, c2);
-      if (hi < b) b = hi, e = c;
+      const CellCorners<A> x = cell_corners(m + c * hw, k00, k01, k10, k11);
+      b.add(static_cast<int32_t>(c), x.lo, x.hi);
     }
-    red_t1[threadIdx.x] = t1, red_t2[threadIdx.x] = t2, red_bmin[threadIdx.x] = b;
-    red_c1[threadIdx.x] = static_cast<int32_t>(c1), red_c2[threadIdx.x] = static_cast<int32_t>(c2);
-    red_e[threadIdx.x] = static_cast<int32_t>(e);
+    red[threadIdx.x] = b;
     __syncthreads();
     if (threadIdx.x == 0) {
-      A g1 = -std::numeric_limits<A>::infinity(), g2 = g1, gb = std::numeric_limits<A>::infinity();
-      int64_t k1 = -1, k2 = -1, ke = -1;
-      for (int i = 0; i < blockDim.x; ++i) {
-        keep_top2_arg(red_t1[i], static_cast<int64_t>(red_c1[i]), g1, k1, g2, k2);
-        keep_top2_arg(red_t2[i], static_cast<int64_t>(red_c2[i]), g1, k1, g2, k2);
-        if (red_bmin[i] < gb) gb = red_bmin[i], ke = red_e[i];
-      }
-      threshold = kRunnerUp ? g2 : g1;
-      bmin = gb;
-      champ1 = k1, champ2 = k2, champe = ke;
+      for (int i = 1; i < blockDim.x; ++i) b.merge(red[i]);
+      red[0] = b;
     }
     __syncthreads();
-    // Champion corners; a missing champion (-1) gets an infinite |corner|: never prunes.
-    const A inf = std::numeric_limits<A>::infinity();
-    A d1[4] = {0, 0, 0, 0}, d2[4] = {0, 0, 0, 0}, de[4] = {0, 0, 0, 0};
-    A d1a = inf, d2a = inf, dea = inf;
-    const int64_t ch[3] = {champ1, champ2, champe};
-    A* dv[3] = {d1, d2, de};
-    A* da[3] = {&d1a, &d2a, &dea};
-    for (int q = 0; q < 3; ++q) {
-      if (ch[q] < 0) continue;
-      const A* mc = m + ch[q] * hw;
-      dv[q][0] = mc[k00], dv[q][1] = mc[k01], dv[q][2] = mc[k10], dv[q][3] = mc[k11];
-      A lo, hi;
-      corner_bounds(dv[q][0], dv[q][1], dv[q][2], dv[q][3], lo, hi);
-      *da[q] = corner_abs(lo, hi);
-    }
+    b = red[0];
+    const CellCorners<A> d1 = champion_corners(m, hw, b.c1, k00, k01, k10, k11),
+                         d2 = champion_corners(m, hw, b.c2, k00, k01, k10, k11),
+                         de = champion_corners(m, hw, b.e, k00, k01, k10, k11);
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-      const A va = m[c * hw + k00], vb = m[c * hw + k01], vc = m[c * hw + k10], vd = m[c * hw + k11];
-      A lo, hi;
-      corner_bounds(va, vb, vc, vd, lo, hi);
-      const A xa = corner_abs(lo, hi);
-      bool beaten = below_everywhere(hi, threshold);
-      if (!beaten && c != champ1 && below_at_every_corner(va, vb, vc, vd, xa, d1[0], d1[1], d1[2], d1[3], d1a))
-        beaten = !kRunnerUp ||
-                 (c != champ2 && below_at_every_corner(va, vb, vc, vd, xa, d2[0], d2[1], d2[2], d2[3], d2a));
-      const bool above = above_everywhere(lo, bmin) ||
-                         (c != champe && below_at_every_corner(de[0], de[1], de[2], de[3], dea, va, vb, vc, vd, xa));
-      if (!beaten) {
+      const CellCorners<A> x = cell_corners(m + c * hw, k00, k01, k10, k11);
+      if (!beaten_in_cell<kRunnerUp>(b, c, x, d1, d2)) {
         const int s = atomicAdd(&nmax, 1);
         if (s < kCapacity) {
           smax.cls[s] = offset + static_cast<int32_t>(c);
-          smax.a[s] = va, smax.b[s] = vb, smax.c[s] = vc, smax.d[s] = vd;
+          smax.a[s] = x.v[0], smax.b[s] = x.v[1], smax.c[s] = x.v[2], smax.d[s] = x.v[3];
         }
       }
-      if (kWeakest && !above) {
+      if (kWeakest && !above_in_cell(b, c, x, de)) {
         const int s = atomicAdd(&nmin, 1);
         if (s < kCapacity) {
           smin.cls[s] = offset + static_cast<int32_t>(c);
-          smin.a[s] = va, smin.b[s] = vb, smin.c[s] = vc, smin.d[s] = vd;
+          smin.a[s] = x.v[0], smin.b[s] = x.v[1], smin.c[s] = x.v[2], smin.d[s] = x.v[3];
         }
       }
     }

@@ -107,7 +107,6 @@ struct Worker {
   int64_t plane;  // N * H * W
   Slots<A> s;
   Survivors<A> smax, smin;
-  std::vector<A> lo, hi;
   // Dense rows: two cached horizontally interpolated source rows, (C, Wp) each.
   int64_t Wp;
   std::vector<A> hbuf;
@@ -167,44 +166,19 @@ struct Worker {
       if (kWeakest) smin = smax;
       return;
     }
-    lo.resize(C), hi.resize(C);
-    const A ninf = -std::numeric_limits<A>::infinity();
-    A t1 = ninf, t2 = ninf, bmin = std::numeric_limits<A>::infinity();
-    int64_t c1 = -1, c2 = -1, e1 = -1;  // champions: two largest min corners, smallest max corner
+    CellBounds<A> b = CellBounds<A>::empty();
     for (int64_t c = 0; c < C; ++c) {
-      const A* mc = m + c * hw;
-      corner_bounds(mc[k00], mc[k01], mc[k10], mc[k11], lo[c], hi[c]);
-      keep_top2_arg(lo[c], c, t1, c1, t2, c2);
-      if (hi[c] < bmin) bmin = hi[c], e1 = c;
+      const CellCorners<A> x = cell_corners(m + c * hw, k00, k01, k10, k11);
+      b.add(static_cast<int32_t>(c), x.lo, x.hi);
     }
-    const A threshold = kRunnerUp ? t2 : t1;
-    // Champion corners (a class index of -1 never prunes: infinite |corner|).
-    struct Corners {
-      A v[4];
-      A abs;
-    };
-    const A inf = std::numeric_limits<A>::infinity();
-    auto corners = [&](int64_t c) {
-      if (c < 0) return Corners{{0, 0, 0, 0}, inf};
-      const A* mc = m + c * hw;
-      return Corners{{mc[k00], mc[k01], mc[k10], mc[k11]}, corner_abs(lo[c], hi[c])};
-    };
-    const Corners d1 = corners(c1), d2 = corners(c2), de = corners(e1);
+    const CellCorners<A> d1 = champion_corners(m, hw, b.c1, k00, k01, k10, k11),
+                         d2 = champion_corners(m, hw, b.c2, k00, k01, k10, k11),
+                         de = champion_corners(m, hw, b.e, k00, k01, k10, k11);
     for (int64_t c = 0; c < C; ++c) {
-      const A* mc = m + c * hw;
-      const A x0 = mc[k00], x1 = mc[k01], x2 = mc[k10], x3 = mc[k11];
-      const A xa = corner_abs(lo[c], hi[c]);
-      bool beaten = below_everywhere(hi[c], threshold);
-      if (!beaten && c != c1 && below_at_every_corner(x0, x1, x2, x3, xa, d1.v[0], d1.v[1], d1.v[2], d1.v[3], d1.abs))
-        beaten = !kRunnerUp ||
-                 (c != c2 && below_at_every_corner(x0, x1, x2, x3, xa, d2.v[0], d2.v[1], d2.v[2], d2.v[3], d2.abs));
-      if (!beaten) smax.push(offset + static_cast<int32_t>(c), x0, x1, x2, x3);
-      if constexpr (kWeakest) {
-        const bool above = above_everywhere(lo[c], bmin) ||
-                           (c != e1 && below_at_every_corner(de.v[0], de.v[1], de.v[2], de.v[3], de.abs,
-                                                             x0, x1, x2, x3, xa));
-        if (!above) smin.push(offset + static_cast<int32_t>(c), x0, x1, x2, x3);
-      }
+      const CellCorners<A> x = cell_corners(m + c * hw, k00, k01, k10, k11);
+      const int32_t k = offset + static_cast<int32_t>(c);
+      if (!beaten_in_cell<kRunnerUp>(b, c, x, d1, d2)) smax.push(k, x.v[0], x.v[1], x.v[2], x.v[3]);
+      if (kWeakest && !above_in_cell(b, c, x, de)) smin.push(k, x.v[0], x.v[1], x.v[2], x.v[3]);
     }
   }
 
