@@ -14,6 +14,7 @@
 #include "dominance.h"
 #include "dominance_element.h"
 #include "stable_utils.h"
+#include "streaming_io.h"
 
 namespace clear_native {
 namespace cpu {
@@ -34,75 +35,28 @@ std::tuple<Tensor, Tensor> dominance_impl(const Tensor& responses,
   STD_TORCH_CHECK(is_float_type(responses.scalar_type()),
                   "dominance: responses must be float32, float64, float16 or bfloat16, got ",
                   torch::headeronly::toString(responses.scalar_type()));
-  STD_TORCH_CHECK(class_offset >= 0, "dominance: class_offset must be >= 0, got ", class_offset);
   const int64_t N = responses.size(0), C = responses.size(1);
-  STD_TORCH_CHECK(class_offset + C < (int64_t{1} << 31),
-                  "dominance: class indices must fit in int32, got class_offset + C = ",
-                  class_offset + C);
   std::vector<int64_t> spatial;
   int64_t S = 1;
   for (int64_t d = 2; d < responses.dim(); ++d) {
     spatial.push_back(responses.size(d));
     S *= responses.size(d);
   }
-  if (target.has_value()) {
-    const Tensor& t = *target;
-    STD_TORCH_CHECK(t.dim() == 1 && t.size(0) == N, "dominance: target must be (N,) = (", N,
-                    ",), got ", shape_str(t));
-    STD_TORCH_CHECK(t.scalar_type() == ScalarType::Long, "dominance: target must be int64, got ",
-                    torch::headeronly::toString(t.scalar_type()));
-    STD_TORCH_CHECK(same_device(t, responses), "dominance: target is on ", device_str(t),
-                    " but responses are on ", device_str(responses));
-  }
-  STD_TORCH_CHECK(state_values.has_value() == state_indices.has_value(),
-                  "dominance: state_values and state_indices must be given together");
-  std::vector<int64_t> vshape{kNumValuePlanes, N}, ishape{kNumIndexPlanes, N};
-  vshape.insert(vshape.end(), spatial.begin(), spatial.end());
-  ishape.insert(ishape.end(), spatial.begin(), spatial.end());
-  const ScalarType acc = acc_type(responses.scalar_type());
-  if (state_values.has_value()) {
-    const Tensor& sv = *state_values;
-    const Tensor& si = *state_indices;
-    STD_TORCH_CHECK(sizes_vec(sv) == vshape && sizes_vec(si) == ishape,
-                    "dominance: state is for a different shape: state values ", shape_str(sv),
-                    " and indices ", shape_str(si), ", but responses ", shape_str(responses),
-                    " need (", kNumValuePlanes, ", N, *spatial) and (", kNumIndexPlanes,
-                    ", N, *spatial)");
-    STD_TORCH_CHECK(sv.scalar_type() == acc && si.scalar_type() == ScalarType::Long,
-                    "dominance: state dtypes must be ", torch::headeronly::toString(acc),
-                    " and int64, got ", torch::headeronly::toString(sv.scalar_type()), " and ",
-                    torch::headeronly::toString(si.scalar_type()));
-    STD_TORCH_CHECK(same_device(sv, responses) && same_device(si, responses),
-                    "dominance: state is on ", device_str(sv), " but responses are on ",
-                    device_str(responses));
-  }
-
-  Tensor out_v = torch::stable::new_empty(responses, vshape, acc);
-  Tensor out_i = torch::stable::new_empty(responses, ishape, ScalarType::Long);
-  if (N == 0 || S == 0) return {out_v, out_i};
+  StreamingIO io = streaming_io("dominance", "responses", responses, spatial,
+                                acc_type(responses.scalar_type()), class_offset, target,
+                                state_values, state_indices);
+  if (N == 0 || S == 0) return {io.values, io.indices};
   if (C == 0) {
-    // Nothing to merge: the state passes through (or starts empty).
-    if (state_values.has_value()) {
-      torch::stable::copy_(out_v, *state_values);
-      torch::stable::copy_(out_i, *state_indices);
-    } else {
-      torch::stable::fill_(out_v, std::numeric_limits<double>::quiet_NaN());
-      torch::stable::fill_(out_i, -1);
-    }
-    return {out_v, out_i};
+    pass_through(io, state_values, state_indices);
+    return {io.values, io.indices};
   }
 
   // (N, C, S) view of the responses: free for any layout whose spatial dims
   // merge (NCHW, channels_last, slices); a copy otherwise.
   Tensor x = torch::stable::reshape(responses, {N, C, S});
-  std::optional<Tensor> tgt, sv, si;
-  if (target.has_value()) tgt = torch::stable::contiguous(*target);
-  if (state_values.has_value()) {
-    sv = torch::stable::contiguous(*state_values);
-    si = torch::stable::contiguous(*state_indices);
-  }
-
   DominanceArgs a;
+  set_streaming_args(a, io, target, state_values, state_indices, class_offset, ordered, runner_up,
+                     weakest);
   a.responses = x.const_data_ptr();
   a.dtype = responses.scalar_type();
   a.N = N;
@@ -111,27 +65,9 @@ std::tuple<Tensor, Tensor> dominance_impl(const Tensor& responses,
   a.stride_n = x.stride(0);
   a.stride_c = x.stride(1);
   a.stride_s = x.stride(2);
-  a.class_offset = class_offset;
-  a.target = tgt ? static_cast<const int64_t*>(tgt->const_data_ptr()) : nullptr;
-  a.state_values = sv ? sv->const_data_ptr() : nullptr;
-  a.state_indices = si ? static_cast<const int64_t*>(si->const_data_ptr()) : nullptr;
-  a.out_values = out_v.mutable_data_ptr();
-  a.out_indices = static_cast<int64_t*>(out_i.mutable_data_ptr());
-  a.ordered = ordered || !state_values.has_value();
-  a.runner_up = runner_up;
-  a.weakest = weakest;
-
-  if (responses.is_cpu()) {
-    cpu::dominance_kernel_dispatch(a);
-  } else {
-#ifdef CLEAR_NATIVE_WITH_CUDA
-    torch::stable::accelerator::DeviceGuard guard(responses.get_device_index());
-    cuda::dominance_kernel(a, current_cuda_stream(responses.get_device_index()));
-#else
-    STD_TORCH_CHECK(false, "dominance: clear_native was built without CUDA");
-#endif
-  }
-  return {out_v, out_i};
+  run_on_device("dominance", responses, [&] { cpu::dominance_kernel_dispatch(a); },
+                [&](auto stream) { cuda::dominance_kernel(a, stream); });
+  return {io.values, io.indices};
 }
 
 }  // namespace

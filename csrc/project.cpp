@@ -18,6 +18,7 @@
 #include "project.h"
 #include "project_element.h"
 #include "stable_utils.h"
+#include "streaming_io.h"
 
 namespace clear_native {
 namespace cpu {
@@ -71,75 +72,33 @@ std::tuple<Tensor, Tensor> upsample_dominance_impl(
                   " values");
   STD_TORCH_CHECK(mode_name == "bilinear" || mode_name == "nearest",
                   "upsample_dominance: mode must be 'bilinear' or 'nearest', got '", mode_name, "'");
-  STD_TORCH_CHECK(class_offset >= 0, "upsample_dominance: class_offset must be >= 0, got ",
-                  class_offset);
+  STD_TORCH_CHECK(prune >= 0 && prune <= 2, "upsample_dominance: prune must be 0, 1 or 2, got ", prune);
   const int64_t N = maps.size(0), C = maps.size(1), h = maps.size(2), w = maps.size(3);
   const int64_t H = size[0], W = size[1];
   STD_TORCH_CHECK(N == 0 || C == 0 || (h > 0 && w > 0),
                   "upsample_dominance: maps must have a non-empty spatial size, got ", shape_str(maps));
-  STD_TORCH_CHECK(class_offset + C < (int64_t{1} << 31),
-                  "upsample_dominance: class indices must fit in int32");
-  if (target.has_value()) {
-    STD_TORCH_CHECK(target->dim() == 1 && target->size(0) == N,
-                    "upsample_dominance: target must be (N,) = (", N, ",), got ", shape_str(*target));
-    STD_TORCH_CHECK(target->scalar_type() == ScalarType::Long,
-                    "upsample_dominance: target must be int64, got ",
-                    torch::headeronly::toString(target->scalar_type()));
-    STD_TORCH_CHECK(same_device(*target, maps), "upsample_dominance: target is on ",
-                    device_str(*target), " but maps are on ", device_str(maps));
-  }
-  STD_TORCH_CHECK(state_values.has_value() == state_indices.has_value(),
-                  "upsample_dominance: state_values and state_indices must be given together");
-  const std::vector<int64_t> vshape{kNumValuePlanes, N, H, W}, ishape{kNumIndexPlanes, N, H, W};
-  if (state_values.has_value()) {
-    STD_TORCH_CHECK(sizes_vec(*state_values) == vshape && sizes_vec(*state_indices) == ishape,
-                    "upsample_dominance: state is for a different shape: state values ",
-                    shape_str(*state_values), ", expected (4, ", N, ", ", H, ", ", W, ")");
-    STD_TORCH_CHECK(state_values->scalar_type() == dt &&
-                        state_indices->scalar_type() == ScalarType::Long,
-                    "upsample_dominance: state dtypes must be ", torch::headeronly::toString(dt),
-                    " and int64");
-    STD_TORCH_CHECK(same_device(*state_values, maps) && same_device(*state_indices, maps),
-                    "upsample_dominance: state is on another device than the maps");
-  }
-
-  Tensor out_v = torch::stable::new_empty(maps, vshape, dt);
-  Tensor out_i = torch::stable::new_empty(maps, ishape, ScalarType::Long);
-  if (N == 0) return {out_v, out_i};
+  StreamingIO io = streaming_io("upsample_dominance", "maps", maps, {H, W}, dt, class_offset, target,
+                                state_values, state_indices);
+  if (N == 0) return {io.values, io.indices};
   if (C == 0) {
-    if (state_values.has_value()) {
-      torch::stable::copy_(out_v, *state_values);
-      torch::stable::copy_(out_i, *state_indices);
-    } else {
-      torch::stable::fill_(out_v, std::numeric_limits<double>::quiet_NaN());
-      torch::stable::fill_(out_i, -1);
-    }
-    return {out_v, out_i};
+    pass_through(io, state_values, state_indices);
+    return {io.values, io.indices};
   }
 
   const InterpMode mode = mode_name == "nearest" ? InterpMode::kNearest : InterpMode::kBilinear;
   // Coordinate tables, computed once on the host in the maps' precision.
   std::vector<int64_t> r0, r1, c0, c1;
   Tensor ftab = cpu_tensor(dt, 2 * H + 2 * W);
-  if (dt == ScalarType::Float) {
-    std::vector<float> rl0, rl1, cw0, cw1;
-    axis_table<float>(h, H, mode, align_corners, r0, r1, rl0, rl1);
-    axis_table<float>(w, W, mode, align_corners, c0, c1, cw0, cw1);
-    float* f = static_cast<float*>(ftab.mutable_data_ptr());
-    std::copy(rl0.begin(), rl0.end(), f);
-    std::copy(rl1.begin(), rl1.end(), f + H);
-    std::copy(cw0.begin(), cw0.end(), f + 2 * H);
-    std::copy(cw1.begin(), cw1.end(), f + 2 * H + W);
-  } else {
-    std::vector<double> rl0, rl1, cw0, cw1;
-    axis_table<double>(h, H, mode, align_corners, r0, r1, rl0, rl1);
-    axis_table<double>(w, W, mode, align_corners, c0, c1, cw0, cw1);
-    double* f = static_cast<double*>(ftab.mutable_data_ptr());
-    std::copy(rl0.begin(), rl0.end(), f);
-    std::copy(rl1.begin(), rl1.end(), f + H);
-    std::copy(cw0.begin(), cw0.end(), f + 2 * H);
-    std::copy(cw1.begin(), cw1.end(), f + 2 * H + W);
-  }
+  auto fill_tables = [&](auto zero) {
+    using F = decltype(zero);
+    std::vector<F> rl0, rl1, cw0, cw1;
+    axis_table<F>(h, H, mode, align_corners, r0, r1, rl0, rl1);
+    axis_table<F>(w, W, mode, align_corners, c0, c1, cw0, cw1);
+    F* f = static_cast<F*>(ftab.mutable_data_ptr());
+    for (const auto* v : {&rl0, &rl1, &cw0, &cw1}) f = std::copy(v->begin(), v->end(), f);
+  };
+  if (dt == ScalarType::Float) fill_tables(0.0f);
+  else fill_tables(0.0);
   const std::vector<int64_t> rb = run_starts(r0, r1), cb = run_starts(c0, c1);
   const int64_t nrb = static_cast<int64_t>(rb.size()) - 1, ncb = static_cast<int64_t>(cb.size()) - 1;
   Tensor itab = cpu_tensor(ScalarType::Long, 2 * H + 2 * W + nrb + 1 + ncb + 1);
@@ -154,17 +113,13 @@ std::tuple<Tensor, Tensor> upsample_dominance_impl(
   }
 
   Tensor x = torch::stable::contiguous(maps);
-  std::optional<Tensor> tgt, sv, si;
-  if (target.has_value()) tgt = torch::stable::contiguous(*target);
-  if (state_values.has_value()) {
-    sv = torch::stable::contiguous(*state_values);
-    si = torch::stable::contiguous(*state_indices);
-  }
   const int64_t* it = static_cast<const int64_t*>(itab.const_data_ptr());
   const char* ft = static_cast<const char*>(ftab.const_data_ptr());
   const size_t es = ftab.element_size();
 
   UpsampleDominanceArgs a;
+  set_streaming_args(a, io, target, state_values, state_indices, class_offset, ordered, runner_up,
+                     weakest);
   a.maps = x.const_data_ptr();
   a.dtype = dt;
   a.N = N, a.C = C, a.h = h, a.w = w, a.H = H, a.W = W;
@@ -175,29 +130,11 @@ std::tuple<Tensor, Tensor> upsample_dominance_impl(
   a.col_block_start = a.row_block_start + nrb + 1;
   a.num_row_blocks = nrb, a.num_col_blocks = ncb;
   a.row_l0 = ft, a.row_l1 = ft + es * H, a.col_w0 = ft + es * 2 * H, a.col_w1 = ft + es * (2 * H + W);
-  a.class_offset = class_offset;
-  a.target = tgt ? static_cast<const int64_t*>(tgt->const_data_ptr()) : nullptr;
-  a.state_values = sv ? sv->const_data_ptr() : nullptr;
-  a.state_indices = si ? static_cast<const int64_t*>(si->const_data_ptr()) : nullptr;
-  a.out_values = out_v.mutable_data_ptr();
-  a.out_indices = static_cast<int64_t*>(out_i.mutable_data_ptr());
-  a.ordered = ordered || !state_values.has_value();
-  a.runner_up = runner_up;
-  a.weakest = weakest;
-  STD_TORCH_CHECK(prune >= 0 && prune <= 2, "upsample_dominance: prune must be 0, 1 or 2, got ", prune);
   a.prune = prune;
 
-  if (maps.is_cpu()) {
-    cpu::upsample_dominance_kernel_dispatch(a);
-  } else {
-#ifdef CLEAR_NATIVE_WITH_CUDA
-    torch::stable::accelerator::DeviceGuard guard(maps.get_device_index());
-    cuda::upsample_dominance_kernel(a, current_cuda_stream(maps.get_device_index()));
-#else
-    STD_TORCH_CHECK(false, "upsample_dominance: clear_native was built without CUDA");
-#endif
-  }
-  return {out_v, out_i};
+  run_on_device("upsample_dominance", maps, [&] { cpu::upsample_dominance_kernel_dispatch(a); },
+                [&](auto stream) { cuda::upsample_dominance_kernel(a, stream); });
+  return {io.values, io.indices};
 }
 
 }  // namespace

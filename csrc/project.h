@@ -7,10 +7,12 @@
 #include <torch/headeronly/core/ScalarType.h>
 
 #include "project_element.h"
+#include "streaming.h"
 
 namespace clear_native {
 
-struct UpsampleDominanceArgs {
+// Streaming state, target and outputs (StreamingArgs) at the output size (H, W).
+struct UpsampleDominanceArgs : StreamingArgs {
   // Low-resolution class maps (N, C, h, w), contiguous, float or double.
   const void* maps = nullptr;
   torch::headeronly::ScalarType dtype = torch::headeronly::ScalarType::Float;
@@ -32,15 +34,6 @@ struct UpsampleDominanceArgs {
   const int64_t* row_block_start = nullptr;
   const int64_t* col_block_start = nullptr;
   int64_t num_row_blocks = 0, num_col_blocks = 0;
-  int64_t class_offset = 0;
-  const int64_t* target = nullptr;  // (N,) or null
-  const void* state_values = nullptr;
-  const int64_t* state_indices = nullptr;
-  void* out_values = nullptr;  // (4, N, H, W)
-  int64_t* out_indices = nullptr;  // (3, N, H, W)
-  bool ordered = true;
-  bool runner_up = true;
-  bool weakest = true;
   // 0: every class at every pixel (the exact ground truth for tests);
   // 1: pick per call (CPU: dense rows for few classes or small cells, pruned
   //    cells otherwise; CUDA: prune); 2: prune per cell wherever it can.
@@ -51,10 +44,8 @@ namespace cpu {
 void upsample_dominance_kernel(const UpsampleDominanceArgs& args);
 }  // namespace cpu
 
-#ifdef CLEAR_NATIVE_WITH_CUDA
-namespace cuda {
+namespace cuda {  // defined only in CUDA builds
 void upsample_dominance_kernel(const UpsampleDominanceArgs& args, void* stream);
 }  // namespace cuda
-#endif
 
 }  // namespace clear_native

@@ -113,16 +113,8 @@ Tensor render_impl(const Tensor& classes, const Tensor& responses, const Tensor&
   a.transparent = transparent;
   a.out = static_cast<uint8_t*>(out.mutable_data_ptr());
 
-  if (classes.is_cpu()) {
-    cpu::render_kernel_dispatch(a);
-  } else {
-#ifdef CLEAR_NATIVE_WITH_CUDA
-    torch::stable::accelerator::DeviceGuard guard(classes.get_device_index());
-    cuda::render_kernel(a, current_cuda_stream(classes.get_device_index()));
-#else
-    STD_TORCH_CHECK(false, "render: clear_native was built without CUDA");
-#endif
-  }
+  run_on_device("render", classes, [&] { cpu::render_kernel_dispatch(a); },
+                [&](auto stream) { cuda::render_kernel(a, stream); });
   return out;
 }
 

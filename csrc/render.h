@@ -42,11 +42,9 @@ namespace cpu {
 void render_kernel(const RenderArgs& args);
 }  // namespace cpu
 
-#ifdef CLEAR_NATIVE_WITH_CUDA
-namespace cuda {
+namespace cuda {  // defined only in CUDA builds
 // Launches on `stream` (a cudaStream_t).
 void render_kernel(const RenderArgs& args, void* stream);
 }  // namespace cuda
-#endif
 
 }  // namespace clear_native

@@ -75,4 +75,21 @@ inline void* current_cuda_stream(int32_t device_index) {
 }
 #endif  // CLEAR_NATIVE_WITH_CUDA
 
+// Runs cpu() for a CPU tensor `t`, else cuda(stream) under a guard of t's device
+// on its current CUDA stream. `cuda` must be a generic lambda (auto parameter):
+// it is instantiated only in CUDA builds.
+template <typename Cpu, typename Cuda>
+void run_on_device(const char* op, const Tensor& t, Cpu&& cpu, Cuda&& cuda) {
+  if (t.is_cpu()) {
+    cpu();
+    return;
+  }
+#ifdef CLEAR_NATIVE_WITH_CUDA
+  torch::stable::accelerator::DeviceGuard guard(t.get_device_index());
+  cuda(current_cuda_stream(t.get_device_index()));
+#else
+  STD_TORCH_CHECK(false, op, ": clear_native was built without CUDA");
+#endif
+}
+
 }  // namespace clear_native
