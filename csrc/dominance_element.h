@@ -29,6 +29,9 @@
 #include <cstdint>
 #include <limits>
 
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
+
 #include "macros.h"
 
 namespace clear_native {
@@ -37,6 +40,20 @@ namespace clear_native {
 // type (float for half types), indices as int64 in memory, int32 inside kernels.
 enum ValuePlane : int { kTop1Value = 0, kTop2Value = 1, kMinValue = 2, kTargetValue = 3, kNumValuePlanes = 4 };
 enum IndexPlane : int { kTop1Index = 0, kTop2Index = 1, kMinIndex = 2, kNumIndexPlanes = 3 };
+
+// Accumulation (comparison) type of a response type: float for the half types.
+template <typename T>
+struct AccType {
+  using type = T;
+};
+template <>
+struct AccType<torch::headeronly::Half> {
+  using type = float;
+};
+template <>
+struct AccType<torch::headeronly::BFloat16> {
+  using type = float;
+};
 
 // Class of an empty slot inside kernels (stored as -1 outside).
 constexpr int32_t kNoClass = 0x7fffffff;

@@ -12,25 +12,13 @@
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
 
+#include "cuda/launch.cuh"
 #include "dominance.h"
 #include "dominance_element.h"
 #include "flag_dispatch.h"
 
 namespace clear_native::cuda {
 namespace {
-
-template <typename T>
-struct AccType {
-  using type = T;
-};
-template <>
-struct AccType<torch::headeronly::Half> {
-  using type = float;
-};
-template <>
-struct AccType<torch::headeronly::BFloat16> {
-  using type = float;
-};
 
 template <typename T, bool kOrdered, bool kRunnerUp, bool kWeakest>
 __global__ void dominance_cuda_kernel(DominanceArgs a) {
@@ -91,18 +79,8 @@ void launch_typed(const DominanceArgs& a, cudaStream_t stream) {
 
 void dominance_kernel(const DominanceArgs& a, void* stream_ptr) {
   auto stream = static_cast<cudaStream_t>(stream_ptr);
-  using torch::headeronly::ScalarType;
-  switch (a.dtype) {
-    case ScalarType::Float: launch_typed<float>(a, stream); break;
-    case ScalarType::Double: launch_typed<double>(a, stream); break;
-    case ScalarType::Half: launch_typed<torch::headeronly::Half>(a, stream); break;
-    case ScalarType::BFloat16: launch_typed<torch::headeronly::BFloat16>(a, stream); break;
-    default: throw std::runtime_error("dominance (CUDA): unsupported dtype");
-  }
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("dominance (CUDA): kernel launch failed: ") +
-                             cudaGetErrorString(err));
+  dispatch_response_dtype(a.dtype, "dominance", [&](auto t) { launch_typed<decltype(t)>(a, stream); });
+  check_launch("dominance");
 }
 
 }  // namespace clear_native::cuda

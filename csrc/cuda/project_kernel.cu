@@ -11,6 +11,7 @@
 
 #include <cuda_runtime.h>
 
+#include "cuda/launch.cuh"
 #include "dominance_element.h"
 #include "flag_dispatch.h"
 #include "project.h"
@@ -181,10 +182,7 @@ void upsample_dominance_kernel(const UpsampleDominanceArgs& a, void* stream_ptr)
   auto stream = static_cast<cudaStream_t>(stream_ptr);
   if (a.dtype == torch::headeronly::ScalarType::Double) launch_typed<double>(a, stream);
   else launch_typed<float>(a, stream);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("upsample_dominance (CUDA): kernel launch failed: ") +
-                             cudaGetErrorString(err));
+  check_launch("upsample_dominance");
 }
 
 }  // namespace clear_native::cuda

@@ -10,6 +10,7 @@
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
 
+#include "cuda/launch.cuh"
 #include "render.h"
 #include "render_element.h"
 
@@ -61,18 +62,8 @@ void launch_typed(const RenderArgs& a, cudaStream_t stream) {
 
 void render_kernel(const RenderArgs& a, void* stream_ptr) {
   auto stream = static_cast<cudaStream_t>(stream_ptr);
-  using torch::headeronly::ScalarType;
-  switch (a.dtype) {
-    case ScalarType::Float: launch_typed<float>(a, stream); break;
-    case ScalarType::Double: launch_typed<double>(a, stream); break;
-    case ScalarType::Half: launch_typed<torch::headeronly::Half>(a, stream); break;
-    case ScalarType::BFloat16: launch_typed<torch::headeronly::BFloat16>(a, stream); break;
-    default: throw std::runtime_error("render (CUDA): unsupported dtype");
-  }
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string("render (CUDA): kernel launch failed: ") +
-                             cudaGetErrorString(err));
+  dispatch_response_dtype(a.dtype, "render", [&](auto t) { launch_typed<decltype(t)>(a, stream); });
+  check_launch("render");
 }
 
 }  // namespace clear_native::cuda

@@ -20,34 +20,13 @@
 #include <torch/headeronly/util/Half.h>
 
 #include "cpu/cpu_dispatch.h"
+#include "cpu/simd_kernel.h"
 #include "dominance.h"
 #include "dominance_element.h"
 #include "flag_dispatch.h"
 
-#if defined(__AVX2__) && defined(__F16C__)
-#include "cpu/vec_avx2.h"
-#define CN_HAVE_VEC8 1
-#endif
-
-#ifndef CLEAR_NATIVE_CPU_CAPABILITY
-#error "CLEAR_NATIVE_CPU_CAPABILITY must be defined by the build"
-#endif
-
 namespace clear_native::cpu::CLEAR_NATIVE_CPU_CAPABILITY {
 namespace {
-
-template <typename T>
-struct AccType {
-  using type = T;
-};
-template <>
-struct AccType<torch::headeronly::Half> {
-  using type = float;
-};
-template <>
-struct AccType<torch::headeronly::BFloat16> {
-  using type = float;
-};
 
 constexpr int64_t kTile = 2048;
 constexpr int kUnroll = 8;

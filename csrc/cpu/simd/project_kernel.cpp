@@ -21,22 +21,20 @@
 #include <torch/headeronly/core/ScalarType.h>
 
 #include "cpu/cpu_dispatch.h"
+#include "cpu/simd_kernel.h"
 #include "dominance_element.h"
 #include "flag_dispatch.h"
 #include "project.h"
 #include "project_element.h"
 
-#if defined(__AVX2__) && defined(__F16C__)
-#include "cpu/vec_avx2.h"
-#define CN_HAVE_VEC8 1
-#endif
-
-#ifndef CLEAR_NATIVE_CPU_CAPABILITY
-#error "CLEAR_NATIVE_CPU_CAPABILITY must be defined by the build"
-#endif
-
 namespace clear_native::cpu::CLEAR_NATIVE_CPU_CAPABILITY {
 namespace {
+
+#ifdef CN_HAVE_VEC8
+using avx2::load8;
+using avx2::set1;
+using avx2::Vec8f;
+#endif
 
 // Auto choice (prune == 1): pruned cells from this many classes and cells of
 // this many output pixels on, dense rows below. Tuned on a 2-core EPYC with
@@ -188,9 +186,6 @@ struct Worker {
     int64_t p = 0;
 #ifdef CN_HAVE_VEC8
     if constexpr (std::is_same_v<A, float>) {
-      using avx2::Vec8f;
-      using avx2::load8;
-      using avx2::set1;
       const Vec8f vl0 = set1(l0), vl1 = set1(l1);
       for (; p + 8 <= len; p += 8) {
         const Vec8f w0 = load8(col_w0 + x0 + p), w1 = load8(col_w1 + x0 + p);
@@ -310,9 +305,6 @@ struct Worker {
       int64_t x = 0;
 #ifdef CN_HAVE_VEC8
       if constexpr (std::is_same_v<A, float>) {
-        using avx2::Vec8f;
-        using avx2::load8;
-        using avx2::set1;
         const Vec8f vl0 = set1(l0), vl1 = set1(l1);
         for (; x < Wp; x += 8) {
           Regs8 r = Regs8::load(s, x);

@@ -20,12 +20,9 @@
 #include <torch/headeronly/util/Half.h>
 
 #include "cpu/cpu_dispatch.h"
+#include "cpu/simd_kernel.h"
 #include "render.h"
 #include "render_element.h"
-
-#ifndef CLEAR_NATIVE_CPU_CAPABILITY
-#error "CLEAR_NATIVE_CPU_CAPABILITY must be defined by the build"
-#endif
 
 namespace clear_native::cpu::CLEAR_NATIVE_CPU_CAPABILITY {
 namespace {
