@@ -231,9 +231,7 @@ class Clear:
                 or any(m.training for m in self.model.modules())):
             return self._backproject_batch(images, target, classes, keep, chunk)
         if target is not None:
-            target = torch.as_tensor(target, device=images.device)
-            if target.shape != (n,):
-                raise ValueError(f"Clear: target must be (N,) = ({n},), got shape {tuple(target.shape)}")
+            target = _as_target(target, n, images.device)
         parts = [self._backproject_batch(images[i:i + step], None if target is None else target[i:i + step],
                                          classes, keep, chunk) for i in range(0, n, step)]
         return _cat_maps(parts)
@@ -419,15 +417,20 @@ def _check_logits(logits, images) -> None:
         raise ValueError(f"Clear: the model must return (N, C) logits with N = {images.shape[0]}, got {got}")
 
 
-def _check_target(target, n: int, c: int, device, prediction: torch.Tensor) -> torch.Tensor:
-    if target is None:
-        return prediction
+def _as_target(target, n: int, device) -> torch.Tensor:
+    """``target`` as an (N,) int64 tensor on ``device`` (type and shape checked)."""
     target = torch.as_tensor(target, device=device)
     if target.dtype.is_floating_point or target.dtype == torch.bool:
         raise TypeError(f"Clear: target must hold integer class ids, got {target.dtype}")
     if target.shape != (n,):
         raise ValueError(f"Clear: target must be (N,) = ({n},), got shape {tuple(target.shape)}")
-    target = target.to(torch.int64)
+    return target.to(torch.int64)
+
+
+def _check_target(target, n: int, c: int, device, prediction: torch.Tensor) -> torch.Tensor:
+    if target is None:
+        return prediction
+    target = _as_target(target, n, device)
     if n and (int(target.min()) < 0 or int(target.max()) >= c):
         raise ValueError(f"Clear: target classes must lie in [0, {c}), got values in "
                          f"[{int(target.min())}, {int(target.max())}]")

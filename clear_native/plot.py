@@ -114,6 +114,23 @@ def _save(fig, path, formats, dpi):
         fig.savefig(p, dpi=dpi)
 
 
+def _common(maps, labels, predictions, palette, num_classes, what: str):
+    """What figure() and grid() both take from the maps: the dominant classes, labels and
+    predictions as lists (defaults: maps.target and maps.predicted / maps.prediction),
+    and the palette."""
+    classes_all = _field(maps, "dominant_class", what)
+    n = classes_all.shape[0]
+    labels = _as_list(labels if labels is not None else getattr(maps, "target", None), n)
+    if predictions is None:
+        predictions = getattr(maps, "predicted", None)
+        if predictions is None:
+            predictions = getattr(maps, "prediction", None)
+    predictions = _as_list(predictions, n)
+    if num_classes is None:
+        num_classes = getattr(maps, "num_classes", None) or None
+    return classes_all, labels, predictions, _resolve_palette(palette, num_classes, classes_all, what)
+
+
 def _coloured(maps) -> torch.Tensor:
     """Pixels a CLEAR map colours (positive dominant response), CPU bool (N, H, W): the
     class shares count these, not the hidden background."""
@@ -143,18 +160,10 @@ def figure(maps, images: torch.Tensor | None = None, *, labels=None, predictions
             entry of ``formats`` (``path.png`` and ``path.pdf``).
     """
     Figure, FigureCanvasAgg = _matplotlib()
-    classes_all = _field(maps, "dominant_class", "figure")
+    classes_all, labels, predictions, pal = _common(maps, labels, predictions, palette, num_classes,
+                                                    "figure")
     n = classes_all.shape[0]
-    labels = _as_list(labels if labels is not None else getattr(maps, "target", None), n)
-    if predictions is None:
-        predictions = getattr(maps, "predicted", None)
-        if predictions is None:
-            predictions = getattr(maps, "prediction", None)
-    predictions = _as_list(predictions, n)
     rows = list(indices) if indices is not None else list(range(min(n, max_rows)))
-    if num_classes is None:
-        num_classes = getattr(maps, "num_classes", None) or None
-    pal = _resolve_palette(palette, num_classes, classes_all, "figure")
     has_focus = getattr(maps, "target_response", None) is not None and \
         getattr(maps, "rival_response", None) is not None
 
@@ -238,19 +247,11 @@ def grid(maps, images: torch.Tensor | None = None, *, labels=None, predictions=N
     ``maps.target`` / ``maps.predicted``). Returns the ``Figure``; ``path`` as
     :func:`figure`."""
     Figure, FigureCanvasAgg = _matplotlib()
-    classes_all = _field(maps, "dominant_class", "grid")
+    classes_all, labels, predictions, pal = _common(maps, labels, predictions, palette, num_classes,
+                                                    "grid")
     n = classes_all.shape[0]
-    labels = _as_list(labels if labels is not None else getattr(maps, "target", None), n)
-    if predictions is None:
-        predictions = getattr(maps, "predicted", None)
-        if predictions is None:
-            predictions = getattr(maps, "prediction", None)
-    predictions = _as_list(predictions, n)
     if any(v is None for v in labels + predictions):
         raise ValueError("grid: needs labels and predictions for every image")
-    if num_classes is None:
-        num_classes = getattr(maps, "num_classes", None) or None
-    pal = _resolve_palette(palette, num_classes, classes_all, "grid")
     pics = render(maps, images, palette=pal, normalize=normalize, percentile=percentile,
                   overlay=overlay).cpu()
     correct = [i for i in range(n) if labels[i] == predictions[i]]
