@@ -126,4 +126,29 @@ CN_INLINE void slot_store(T v, int32_t i, T& stored_v, int64_t& stored_i) {
   stored_i = empty ? int64_t{-1} : static_cast<int64_t>(i);
 }
 
+// The three slots (best, runner-up, weakest) of output pixel o: from the
+// stored state when there is one (planes of `plane` pixels), else empty.
+template <bool kOrdered, typename A>
+CN_INLINE void load_slots(const A* sv, const int64_t* si, int64_t plane, int64_t o, A& v1,
+                          int32_t& i1, A& v2, int32_t& i2, A& vm, int32_t& im) {
+  if (sv != nullptr) {
+    slot_load<kOrdered, true>(sv[kTop1Value * plane + o], si[kTop1Index * plane + o], v1, i1);
+    slot_load<kOrdered, true>(sv[kTop2Value * plane + o], si[kTop2Index * plane + o], v2, i2);
+    slot_load<kOrdered, false>(sv[kMinValue * plane + o], si[kMinIndex * plane + o], vm, im);
+  } else {
+    v1 = v2 = empty_value<kOrdered, true, A>();
+    vm = empty_value<kOrdered, false, A>();
+    i1 = i2 = im = kNoClass;
+  }
+}
+
+// The three slots of output pixel o into the output planes.
+template <bool kOrdered, typename A>
+CN_INLINE void store_slots(A* ov, int64_t* oi, int64_t plane, int64_t o, A v1, int32_t i1, A v2,
+                           int32_t i2, A vm, int32_t im) {
+  slot_store<kOrdered>(v1, i1, ov[kTop1Value * plane + o], oi[kTop1Index * plane + o]);
+  slot_store<kOrdered>(v2, i2, ov[kTop2Value * plane + o], oi[kTop2Index * plane + o]);
+  slot_store<kOrdered>(vm, im, ov[kMinValue * plane + o], oi[kMinIndex * plane + o]);
+}
+
 }  // namespace clear_native

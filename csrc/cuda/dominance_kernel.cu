@@ -31,24 +31,14 @@ __global__ void dominance_cuda_kernel(DominanceArgs a) {
   const A* sv = static_cast<const A*>(a.state_values);
   A v1, v2, vm;
   int32_t i1, i2, im;
-  if (sv != nullptr) {
-    slot_load<kOrdered, true>(sv[kTop1Value * plane + idx], a.state_indices[kTop1Index * plane + idx], v1, i1);
-    slot_load<kOrdered, true>(sv[kTop2Value * plane + idx], a.state_indices[kTop2Index * plane + idx], v2, i2);
-    slot_load<kOrdered, false>(sv[kMinValue * plane + idx], a.state_indices[kMinIndex * plane + idx], vm, im);
-  } else {
-    v1 = v2 = empty_value<kOrdered, true, A>();
-    vm = empty_value<kOrdered, false, A>();
-    i1 = i2 = im = kNoClass;
-  }
+  load_slots<kOrdered>(sv, a.state_indices, plane, idx, v1, i1, v2, i2, vm, im);
   for (int64_t c = 0; c < a.C; ++c) {
     const A v = static_cast<A>(x[c * a.stride_c]);
     dominance_update<kOrdered, kRunnerUp, kWeakest>(v1, i1, v2, i2, vm, im, v,
                                           static_cast<int32_t>(a.class_offset + c));
   }
   A* ov = static_cast<A*>(a.out_values);
-  slot_store<kOrdered>(v1, i1, ov[kTop1Value * plane + idx], a.out_indices[kTop1Index * plane + idx]);
-  slot_store<kOrdered>(v2, i2, ov[kTop2Value * plane + idx], a.out_indices[kTop2Index * plane + idx]);
-  slot_store<kOrdered>(vm, im, ov[kMinValue * plane + idx], a.out_indices[kMinIndex * plane + idx]);
+  store_slots<kOrdered>(ov, a.out_indices, plane, idx, v1, i1, v2, i2, vm, im);
   const int64_t tc = a.target != nullptr ? a.target[n] - a.class_offset : -1;
   A tv;
   if (tc >= 0 && tc < a.C)

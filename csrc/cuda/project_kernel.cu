@@ -103,15 +103,7 @@ __global__ void upsample_dominance_cuda_kernel(UpsampleDominanceArgs args) {
     const int64_t o = (n * args.H + y) * args.W + x;
     A v1, v2, vm;
     int32_t c1, c2, cm;
-    if (sv != nullptr) {
-      slot_load<O, true>(sv[kTop1Value * plane + o], args.state_indices[kTop1Index * plane + o], v1, c1);
-      slot_load<O, true>(sv[kTop2Value * plane + o], args.state_indices[kTop2Index * plane + o], v2, c2);
-      slot_load<O, false>(sv[kMinValue * plane + o], args.state_indices[kMinIndex * plane + o], vm, cm);
-    } else {
-      v1 = v2 = empty_value<O, true, A>();
-      vm = empty_value<O, false, A>();
-      c1 = c2 = cm = kNoClass;
-    }
+    load_slots<O>(sv, args.state_indices, plane, o, v1, c1, v2, c2, vm, cm);
     const A l0 = rl0[y], l1 = rl1[y], w0 = cw0[x], w1 = cw1[x];
     if (use_max_list) {
       for (int s = 0; s < nmax; ++s) {
@@ -142,9 +134,7 @@ __global__ void upsample_dominance_cuda_kernel(UpsampleDominanceArgs args) {
       }
     }
     int64_t* oi = args.out_indices;
-    slot_store<O>(v1, c1, ov[kTop1Value * plane + o], oi[kTop1Index * plane + o]);
-    slot_store<O>(v2, c2, ov[kTop2Value * plane + o], oi[kTop2Index * plane + o]);
-    slot_store<O>(vm, cm, ov[kMinValue * plane + o], oi[kMinIndex * plane + o]);
+    store_slots<O>(ov, oi, plane, o, v1, c1, v2, c2, vm, cm);
     const int64_t tc = args.target != nullptr ? args.target[n] - args.class_offset : -1;
     A tv;
     if (tc >= 0 && tc < C) {

@@ -64,19 +64,8 @@ struct Tile {
     const int64_t o = n * a.S + p0;
     const int32_t offset = static_cast<int32_t>(a.class_offset);
 
-    if (sv != nullptr) {
-      for (int64_t p = 0; p < len; ++p) {
-        slot_load<kOrdered, true>(sv[kTop1Value * plane + o + p], si[kTop1Index * plane + o + p], v1[p], i1[p]);
-        slot_load<kOrdered, true>(sv[kTop2Value * plane + o + p], si[kTop2Index * plane + o + p], v2[p], i2[p]);
-        slot_load<kOrdered, false>(sv[kMinValue * plane + o + p], si[kMinIndex * plane + o + p], vm[p], im[p]);
-      }
-    } else {
-      for (int64_t p = 0; p < len; ++p) {
-        v1[p] = v2[p] = empty_value<kOrdered, true, A>();
-        vm[p] = empty_value<kOrdered, false, A>();
-        i1[p] = i2[p] = im[p] = kNoClass;
-      }
-    }
+    for (int64_t p = 0; p < len; ++p)
+      load_slots<kOrdered>(sv, si, plane, o + p, v1[p], i1[p], v2[p], i2[p], vm[p], im[p]);
 
     const T* __restrict__ base = static_cast<const T*>(a.responses) + n * a.stride_n + p0 * ss;
     int64_t c = 0;
@@ -107,9 +96,7 @@ struct Tile {
     }
 
     for (int64_t p = 0; p < len; ++p) {
-      slot_store<kOrdered>(v1[p], i1[p], ov[kTop1Value * plane + o + p], oi[kTop1Index * plane + o + p]);
-      slot_store<kOrdered>(v2[p], i2[p], ov[kTop2Value * plane + o + p], oi[kTop2Index * plane + o + p]);
-      slot_store<kOrdered>(vm[p], im[p], ov[kMinValue * plane + o + p], oi[kMinIndex * plane + o + p]);
+      store_slots<kOrdered>(ov, oi, plane, o + p, v1[p], i1[p], v2[p], i2[p], vm[p], im[p]);
     }
     // Target response: gathered when the target class lies in this chunk,
     // carried over from the state otherwise.

@@ -126,27 +126,15 @@ struct Worker {
 
   // Slots of output pixels [o, o + len) from the state, or empty.
   void load(int64_t o, int64_t len) {
-    const int64_t* si = a.state_indices;
-    for (int64_t p = 0; p < len; ++p) {
-      if (sv != nullptr) {
-        slot_load<kOrdered, true>(sv[kTop1Value * plane + o + p], si[kTop1Index * plane + o + p], s.v1[p], s.i1[p]);
-        slot_load<kOrdered, true>(sv[kTop2Value * plane + o + p], si[kTop2Index * plane + o + p], s.v2[p], s.i2[p]);
-        slot_load<kOrdered, false>(sv[kMinValue * plane + o + p], si[kMinIndex * plane + o + p], s.vm[p], s.im[p]);
-      } else {
-        s.v1[p] = s.v2[p] = empty_value<kOrdered, true, A>();
-        s.vm[p] = empty_value<kOrdered, false, A>();
-        s.i1[p] = s.i2[p] = s.im[p] = kNoClass;
-      }
-    }
+    for (int64_t p = 0; p < len; ++p)
+      load_slots<kOrdered>(sv, a.state_indices, plane, o + p, s.v1[p], s.i1[p], s.v2[p], s.i2[p],
+                           s.vm[p], s.im[p]);
   }
 
   void store(int64_t o, int64_t len) {
-    int64_t* oi = a.out_indices;
-    for (int64_t p = 0; p < len; ++p) {
-      slot_store<kOrdered>(s.v1[p], s.i1[p], ov[kTop1Value * plane + o + p], oi[kTop1Index * plane + o + p]);
-      slot_store<kOrdered>(s.v2[p], s.i2[p], ov[kTop2Value * plane + o + p], oi[kTop2Index * plane + o + p]);
-      slot_store<kOrdered>(s.vm[p], s.im[p], ov[kMinValue * plane + o + p], oi[kMinIndex * plane + o + p]);
-    }
+    for (int64_t p = 0; p < len; ++p)
+      store_slots<kOrdered>(ov, a.out_indices, plane, o + p, s.v1[p], s.i1[p], s.v2[p], s.i2[p],
+                            s.vm[p], s.im[p]);
   }
 
   // Finds the survivors of the cell with corners (i0, i1) x (j0, j1).
