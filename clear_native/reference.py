@@ -122,3 +122,34 @@ def render(classes: torch.Tensor, responses: torch.Tensor, scale: torch.Tensor,
     keep = torch.where(visible, torch.full_like(v, 1.0 - alpha), torch.full_like(v, hidden_keep))
     out = keep.unsqueeze(-1) * base + alpha * paint
     return torch.floor(out.nan_to_num(0.0).clamp(0, 255) + 0.5).to(torch.uint8)
+
+
+def unpool_deconv(grad: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor, input_size,
+                  *, pooled: torch.Tensor | None = None, stride=1, padding=0, dilation=1,
+                  rule: str = "deconvnet") -> torch.Tensor:
+    """Reference for :func:`clear_native.deconv.unpool_deconv`: the un-pooled map is
+    built (scatter of ``grad`` to the switches), passed through the ReLU rule (with the
+    mask ``x > 0`` of the conv output, which is ``pooled > 0`` at a switch and
+    irrelevant elsewhere: the map is zero there) and transposed-convolved."""
+    n, c = grad.shape[:2]
+    h_in, w_in = (input_size, input_size) if isinstance(input_size, int) else input_size
+    kh, kw = weight.shape[-2:]
+    pair = (lambda v: (v, v) if isinstance(v, int) else tuple(v))
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    h_out = (h_in + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    w_out = (w_in + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    flat = grad.new_zeros(n, c, h_out * w_out)
+    flat.scatter_(2, indices.flatten(2), grad.flatten(2))
+    if rule != "deconvnet":
+        mask = torch.zeros(n, c, h_out * w_out, dtype=torch.bool, device=grad.device)
+        mask.scatter_(2, indices.flatten(2), (pooled > 0).flatten(2))
+    if rule in ("deconvnet", "guided"):
+        flat = flat.clamp(min=0)
+    if rule != "deconvnet":
+        flat = torch.where(mask, flat, 0)
+    unpooled = flat.view(n, c, h_out, w_out)
+    # The transposed convolution, as the input gradient of the forward one.
+    probe = grad.new_zeros(n, weight.shape[1], h_in, w_in)
+    return torch.ops.aten.convolution_backward(
+        unpooled, probe, weight, None, [sh, sw], [ph, pw], [dh, dw], False, [0, 0], 1,
+        [True, False, False])[0]

@@ -1,0 +1,61 @@
+"""One deconvnet layer in one native pass: un-pool, ReLU rule, transposed convolution.
+
+For a ``conv -> ReLU -> max-pool`` block (pooling windows that do not overlap), the
+backward signal ``grad`` at the pool's output reaches the conv's input as
+
+    conv_transpose2d(rule(max_unpool(grad, indices)), weight, stride, padding, dilation)
+
+where ``rule`` is the ReLU's backward rule (:mod:`clear_native._relu_rules`). The
+un-pooled map is at least 3/4 zeros (2x2 pooling) and a rectifying rule zeroes about
+half of the rest, so :func:`unpool_deconv` never builds it: each non-zero pooled
+signal adds ``signal * weight[c, :, ky, kx]`` to the kh x kw input pixels its switch
+reaches. :class:`clear_native.Clear` uses it for such blocks of the model it explains.
+"""
+from __future__ import annotations
+
+import torch
+
+from clear_native._ops import require_device_support
+
+RULES = {"gradient": 0, "deconvnet": 1, "guided": 2}
+
+
+def _pair(value, name: str) -> list[int]:
+    v = [value, value] if isinstance(value, int) and not isinstance(value, bool) else list(value)
+    if len(v) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+        raise ValueError(f"unpool_deconv: {name} must be an int or a pair of ints, got {value!r}")
+    return v
+
+
+def unpool_deconv(grad: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor, input_size,
+                  *, pooled: torch.Tensor | None = None, stride=1, padding=0, dilation=1,
+                  rule: str = "deconvnet") -> torch.Tensor:
+    """The backward signal of ``conv2d -> ReLU -> max_pool2d`` at the conv's input.
+
+    Args:
+        grad: (N, C, h, w) signal at the pool's output (float32 or float64).
+        indices: (N, C, h, w) int64 switches from ``max_pool2d(..., return_indices=True)``
+            (flat positions in the conv's (H_out, W_out) output plane). The pooling
+            windows must not overlap (kernel <= stride): then every conv output has at
+            most one switch.
+        weight: (C, C_in, kh, kw) the convolution's weight (groups=1).
+        input_size: (H_in, W_in) of the convolution's input.
+        pooled: (N, C, h, w) the pool's output; needed by the ``"gradient"`` and
+            ``"guided"`` rules (the ReLU's mask at a switch is ``pooled > 0``).
+        stride, padding, dilation: the convolution's.
+        rule: ``"deconvnet"`` (rectify the signal), ``"guided"`` (rectify and mask) or
+            ``"gradient"`` (mask).
+
+    Returns:
+        (N, C_in, H_in, W_in), contiguous.
+    """
+    if rule not in RULES:
+        raise ValueError(f"unpool_deconv: rule must be one of {tuple(RULES)}, got {rule!r}")
+    for name, t in (("grad", grad), ("indices", indices), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"unpool_deconv: {name} must be a torch.Tensor, got {type(t).__name__}")
+    require_device_support(grad, "unpool_deconv")
+    size = _pair(input_size, "input_size")
+    return torch.ops.clear_native.unpool_deconv(
+        grad, indices, pooled, weight, size, _pair(stride, "stride"), _pair(padding, "padding"),
+        _pair(dilation, "dilation"), RULES[rule])

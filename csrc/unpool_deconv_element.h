@@ -1,0 +1,47 @@
+// Per-switch logic of the unpool_deconv operator (one deconvnet layer: un-pool,
+// ReLU rule, transposed convolution), shared verbatim by the CPU kernel
+// (csrc/cpu/simd/unpool_deconv_kernel.cpp) and the CUDA kernel
+// (csrc/cuda/unpool_deconv_kernel.cu), so the CPU tests exercise the code the GPU runs.
+//
+// For conv -> ReLU -> max-pool with disjoint pooling windows, the backward signal
+// g at a pooled output reaches exactly one conv output (its switch), passes the
+// ReLU's rule there, and is spread by the transposed convolution over the kh x kw
+// input positions that fed that conv output. So the whole layer costs one
+// kh x kw x Cin update per non-zero pooled signal, instead of a dense transposed
+// convolution over an un-pooled map that is at least 3/4 zeros.
+#pragma once
+
+#include <cstdint>
+
+#include "macros.h"
+
+namespace clear_native {
+
+enum UnpoolDeconvRule : int { kRuleGradient = 0, kRuleDeconvnet = 1, kRuleGuided = 2 };
+
+// The signal the ReLU between convolution and pooling passes back at a switch,
+// given the signal g at the pooled output p = relu(x) (x: the conv output there):
+//   gradient: g * (x > 0);  deconvnet: relu(g);  guided: relu(g) * (x > 0).
+// x > 0 exactly when p > 0 (p = max(x, 0); NaN > 0 is false), so the pooled output
+// stands in for x. A NaN signal passes as torch.clamp(min=0) passes it.
+template <typename T>
+CN_INLINE T unpool_rule(int rule, T g, T p) {
+  if (rule != kRuleDeconvnet && !(p > T(0))) return T(0);
+  if (rule == kRuleGradient || g != g) return g;
+  return g > T(0) ? g : T(0);
+}
+
+// Input coordinate (one axis) reached by kernel tap k from the conv output
+// coordinate y; the caller skips taps outside [0, size).
+CN_INLINE int64_t tap_coord(int64_t y, int64_t k, int64_t stride, int64_t pad, int64_t dilation) {
+  return y * stride - pad + k * dilation;
+}
+
+// Conv output row of a flat switch f (< 2^31 in practice: a 32-bit division,
+// about half the cost of a 64-bit one).
+CN_INLINE int64_t switch_row(int64_t f, int64_t width) {
+  return f < (int64_t{1} << 31) ? static_cast<int64_t>(static_cast<int32_t>(f) / static_cast<int32_t>(width))
+                                : f / width;
+}
+
+}  // namespace clear_native

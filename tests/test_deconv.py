@@ -1,0 +1,203 @@
+"""unpool_deconv (one deconvnet layer) against the reference and against autograd."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clear_native import reference
+from clear_native._relu_rules import relu_rule
+from clear_native.deconv import unpool_deconv
+from conftest import DEVICES, HAS_CUDA, run_with_baseline_cpu_build
+
+RULES = ["deconvnet", "guided", "gradient"]
+# (C_in, C, H, W, kernel, stride, padding, dilation, pool kernel, pool stride, pool padding, ceil)
+GEOMETRIES = [
+    (32, 32, 28, 28, 3, 1, 1, 1, 2, 2, 0, False),   # the MNIST benchmark's blocks
+    (3, 5, 17, 13, 5, 2, 2, 1, 2, 2, 0, False),     # odd sizes, strided conv
+    (4, 6, 19, 19, 3, 1, 2, 2, 2, 2, 0, True),      # dilation, ceil_mode
+    (1, 7, 9, 9, 1, 1, 0, 1, 3, 3, 1, False),       # 1x1 conv, 3x3 pool with padding
+    (5, 1, 8, 11, (3, 1), (1, 2), (1, 0), 1, (2, 1), (2, 1), 0, False),  # rectangular, one channel
+    (9, 16, 10, 10, 3, 1, 1, 1, (1, 2), (1, 2), 0, False),  # 1x2 pool windows
+]
+
+
+def block(x, w, geo, rule):
+    """conv -> ReLU -> max-pool with the rule's ReLU backward; returns (pooled, indices, x)."""
+    _, _, _, _, _, s, p, d, pk, ps, pp, ceil = geo
+    x = x.detach().clone().requires_grad_(True)
+    with relu_rule(rule):
+        y = F.relu(F.conv2d(x, w, stride=s, padding=p, dilation=d))
+    pooled, idx = F.max_pool2d(y, pk, ps, pp, ceil_mode=ceil, return_indices=True)
+    return pooled, idx, x
+
+
+def case(geo, dtype=torch.float32, device="cpu", n=3):
+    cin, c, h, w_, k, *_ = geo
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = torch.randn(n, cin, h, w_, dtype=dtype, device=device)
+    w = torch.randn(c, cin, kh, kw, dtype=dtype, device=device)
+    return x, w
+
+
+def ours(g, idx, pooled, w, x, geo, rule):
+    _, _, _, _, _, s, p, d, *_ = geo
+    return unpool_deconv(g, idx, w, tuple(x.shape[-2:]), pooled=pooled, stride=s, padding=p,
+                         dilation=d, rule=rule)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("geo", GEOMETRIES, ids=str)
+@pytest.mark.parametrize("rule", RULES)
+def test_matches_reference_and_autograd(rule, geo, dtype, device):
+    x, w = case(geo, dtype, device)
+    pooled, idx, xg = block(x, w, geo, rule)
+    g = torch.randn_like(pooled)
+    (want,) = torch.autograd.grad(pooled, xg, g)
+    got = ours(g, idx, pooled.detach(), w, x, geo, rule)
+    _, _, _, _, _, s, p, d, *_ = geo
+    ref = reference.unpool_deconv(g, idx, w, tuple(x.shape[-2:]), pooled=pooled.detach(), stride=s,
+                                  padding=p, dilation=d, rule=rule)
+    assert got.shape == x.shape and got.dtype == dtype and got.is_contiguous()
+    torch.testing.assert_close(ref, want)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_strided_and_channels_last_inputs(rule):
+    geo = GEOMETRIES[1]
+    x, w = case(geo, n=4)
+    pooled, idx, _ = block(x, w, geo, rule)
+    g = torch.randn(pooled.shape[0], pooled.shape[1], pooled.shape[2] * 2, pooled.shape[3])[:, :, ::2]
+    base = ours(g.contiguous(), idx, pooled.detach(), w, x, geo, rule)
+    cl = lambda t: t.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    torch.testing.assert_close(ours(g, idx, pooled.detach(), w, x, geo, rule), base, rtol=0, atol=0)
+    torch.testing.assert_close(ours(cl(g), cl(idx), cl(pooled.detach()), cl(w), x, geo, rule), base,
+                               rtol=0, atol=0)
+    wt = w.transpose(0, 1).contiguous().transpose(0, 1)  # non-contiguous weight
+    torch.testing.assert_close(ours(g, idx, pooled.detach(), wt, x, geo, rule), base, rtol=0, atol=0)
+
+
+def test_ties_nan_and_zero_signals():
+    """Tied window values (the switch is torch's choice), NaN and zero signals."""
+    geo = GEOMETRIES[0]
+    x, w = case(geo, n=2)
+    x = x.round()  # many exact ties after the conv of integer images with ...
+    w = w.round()  # ... integer weights
+    for rule in RULES:
+        pooled, idx, xg = block(x, w, geo, rule)
+        g = torch.randn_like(pooled)
+        g[0, :3] = float("nan")
+        g[1, 4:9] = 0.0
+        (want,) = torch.autograd.grad(pooled, xg, g)
+        got = ours(g, idx, pooled.detach(), w, x, geo, rule)
+        torch.testing.assert_close(got, want, equal_nan=True)
+        assert torch.isnan(got[0]).any() == (rule == "deconvnet" or bool((pooled[0, :3] > 0).any()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_and_degenerate_shapes(device):
+    w = torch.randn(4, 3, 3, 3, device=device)
+    for n, c, hp in [(0, 4, 3), (2, 4, 0)]:
+        g = torch.randn(n, c, hp, hp, device=device)
+        idx = torch.zeros(n, c, hp, hp, dtype=torch.int64, device=device)
+        out = unpool_deconv(g, idx, w, (6, 6), padding=1)
+        assert out.shape == (n, 3, 6, 6) and (out == 0).all()
+    g = torch.randn(2, 0, 3, 3, device=device)
+    out = unpool_deconv(g, g.long(), torch.randn(0, 3, 3, 3, device=device), (6, 6), padding=1)
+    assert out.shape == (2, 3, 6, 6) and (out == 0).all()
+
+
+def test_results_independent_of_threads():
+    geo = GEOMETRIES[0]
+    x, w = case(geo, n=1)  # one image: the work splits over input channels
+    pooled, idx, _ = block(x, w, geo, "deconvnet")
+    g = torch.randn_like(pooled)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ours(g, idx, None, w, x, geo, "deconvnet")
+        torch.set_num_threads(4)
+        many = ours(g, idx, None, w, x, geo, "deconvnet")
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(one, many, rtol=0, atol=0)
+
+
+def _kernel_cases():
+    torch.manual_seed(1)
+    out = []
+    for geo in GEOMETRIES:
+        x, w = case(geo)
+        for rule in RULES:
+            pooled, idx, _ = block(x, w, geo, rule)
+            g = torch.randn_like(pooled)
+            out.append(ours(g, idx, pooled.detach(), w, x, geo, rule))
+    return out
+
+
+def test_baseline_simd_build_is_bit_identical():
+    """The scalar CPU body gives the AVX2 body's results bit for bit (multiply then add
+    in both, same order)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/baseline.pt"
+        run_with_baseline_cpu_build(
+            "import torch, clear_native, test_deconv\n"
+            "assert clear_native.build_info()['cpu_capability'] == 'default'\n"
+            f"torch.save(test_deconv._kernel_cases(), {path!r})\n"
+            "print('ok')\n")
+        for a, b in zip(_kernel_cases(), torch.load(path)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build of clear_native")
+def test_cuda_matches_cpu():
+    for geo in GEOMETRIES:
+        x, w = case(geo)
+        for rule in RULES:
+            pooled, idx, _ = block(x, w, geo, rule)
+            g = torch.randn_like(pooled)
+            cpu = ours(g, idx, pooled.detach(), w, x, geo, rule)
+            gpu = ours(g.cuda(), idx.cuda(), pooled.detach().cuda(), w.cuda(), x, geo, rule)
+            torch.testing.assert_close(gpu.cpu(), cpu)
+
+
+def test_opcheck():
+    geo = GEOMETRIES[1]
+    x, w = case(geo)
+    pooled, idx, _ = block(x, w, geo, "guided")
+    g = torch.randn_like(pooled)
+    torch.library.opcheck(torch.ops.clear_native.unpool_deconv,
+                          (g, idx, pooled.detach(), w, [17, 13], [2, 2], [2, 2], [1, 1], 2))
+
+
+def test_bad_inputs():
+    g = torch.randn(2, 4, 3, 3)
+    idx = torch.zeros(2, 4, 3, 3, dtype=torch.int64)
+    w = torch.randn(4, 3, 3, 3)
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        unpool_deconv(g.half(), idx, w.half(), (6, 6))
+    with pytest.raises(RuntimeError, match="indices must have grad's shape"):
+        unpool_deconv(g, idx[:, :2], w, (6, 6))
+    with pytest.raises(RuntimeError, match="indices must be int64"):
+        unpool_deconv(g, idx.int(), w, (6, 6))
+    with pytest.raises(RuntimeError, match=r"weight must be \(C, C_in, kh, kw\) with C = 4"):
+        unpool_deconv(g, idx, w[:3], (6, 6))
+    with pytest.raises(RuntimeError, match="weight must be Float like grad, got Double"):
+        unpool_deconv(g, idx, w.double(), (6, 6))
+    with pytest.raises(RuntimeError, match="need the pooled output"):
+        unpool_deconv(g, idx, w, (6, 6), rule="guided")
+    with pytest.raises(RuntimeError, match="pooled must have grad's shape"):
+        unpool_deconv(g, idx, w, (6, 6), pooled=g[:1], rule="guided")
+    with pytest.raises(RuntimeError, match="stride must be >= 1"):
+        unpool_deconv(g, idx, w, (6, 6), stride=0)
+    with pytest.raises(RuntimeError, match="has no output for input_size"):
+        unpool_deconv(g, idx, w, (1, 1))
+    with pytest.raises(RuntimeError, match=r"indices must lie in \[0, 36\).*got 36"):
+        unpool_deconv(g, idx.fill_(36), w, (6, 6), padding=1)
+    with pytest.raises(ValueError, match="rule must be one of"):
+        unpool_deconv(g, idx, w, (6, 6), rule="relu")
+    with pytest.raises(ValueError, match="stride must be an int or a pair"):
+        unpool_deconv(g, idx, w, (6, 6), stride=(1, 2, 3))
+    with pytest.raises(TypeError, match="grad must be a torch.Tensor"):
+        unpool_deconv(g.numpy(), idx, w, (6, 6))
