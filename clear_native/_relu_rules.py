@@ -46,11 +46,14 @@ class _ReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, rule: str) -> torch.Tensor:
         ctx.rule = rule
+        ctx.set_materialize_grads(False)
         _save_mask(ctx, rule, x)
         return x.clamp(min=0)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx, grad: torch.Tensor | None):
+        if grad is None:  # no signal reached this ReLU (see clear_native._fusion)
+            return None, None
         (mask,) = ctx.saved_tensors
         return _backward(ctx.rule, grad, mask), None
 
@@ -61,13 +64,16 @@ class _ReLUInplace(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, rule: str) -> torch.Tensor:
         ctx.rule = rule
+        ctx.set_materialize_grads(False)
         _save_mask(ctx, rule, x)  # a new tensor: unaffected by the in-place write
         x.clamp_(min=0)
         ctx.mark_dirty(x)
         return x
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx, grad: torch.Tensor | None):
+        if grad is None:
+            return None, None
         (mask,) = ctx.saved_tensors
         return _backward(ctx.rule, grad, mask), None
 

@@ -121,7 +121,27 @@ class SharedReluNet(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
+class SecondUseNet(nn.Module):
+    """A ReLU output feeds both a max-pool and an average pool (which the fused route
+    must not skip), an overlapping max-pool, and a strided, dilated image conv."""
+
+    def __init__(self, c=NUM_CLASSES):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 3, stride=2, padding=2, dilation=2)
+        self.c2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, c)
+
+    def forward(self, x):
+        y = F.relu(self.c1(x))                                  # (N, 6, 6, 6)
+        y = F.max_pool2d(y, 2) + F.avg_pool2d(y, 2)            # second use of the ReLU output
+        y = F.max_pool2d(F.relu(self.c2(y)), 3, 1, 1)          # overlapping windows
+        out, _ = F.max_pool2d(F.relu(self.c3(y)), 2, return_indices=True)
+        return self.fc(out.mean((2, 3)))
+
+
 MODELS = {
+    "secondusenet": SecondUseNet,
     "gap": GapNet, "convgap1x1": ConvGapNet, "convgap3x3": lambda: ConvGapNet(k=3),
     "flatten": FlattenNet, "bn": BNNet, "functional": FunctionalNet, "shared": SharedReluNet,
 }
@@ -296,6 +316,53 @@ def test_chunked_equals_unchunked(method, chunk):
     assert_dominance(parts, parts.class_maps, parts.target)
     nokeep = clear_native.Clear(model, method, class_chunk=chunk)(x)
     torch.testing.assert_close(nokeep.dominant_response, whole.dominant_response)
+
+
+def _routes(monkeypatch):
+    """Records the route (fast / plain) of every fused block of the next calls."""
+    from clear_native import _fusion
+
+    routes = []
+    finalize = _fusion.fused_relu_rule.finalize
+
+    def spy(self, output):
+        finalize(self, output)
+        routes.append([site.fast for site in self.sites])
+
+    monkeypatch.setattr(_fusion.fused_relu_rule, "finalize", spy)
+    return routes
+
+
+FUSED_ROUTES = {"gap": [True], "convgap1x1": [True], "bn": [True], "functional": [True],
+                "shared": [True], "flatten": [True], "secondusenet": [False, True]}
+
+
+@pytest.mark.parametrize("model_name", list(FUSED_ROUTES))
+@pytest.mark.parametrize("method", BACKPROP)
+def test_fused_blocks_match_slow_loop_and_plain_autograd(method, model_name, monkeypatch):
+    """One class per pass (CPU): conv -> [BN] -> ReLU -> max-pool blocks take the fused
+    route where only the pool uses the ReLU output, the plain one elsewhere (overlapping
+    pools are not fused at all); the maps equal the slow loop and torch's own nodes."""
+    model, x = make(model_name, n=3)
+    routes = _routes(monkeypatch)
+    fused = clear_native.Clear(model, method, class_chunk=1)(x, keep_class_maps=True)
+    assert routes == [FUSED_ROUTES[model_name]]
+    torch.testing.assert_close(fused.class_maps, slow_maps(model, x, method))
+    monkeypatch.setattr(explain_mod, "FUSE_BLOCKS", False)
+    plain = clear_native.Clear(model, method, class_chunk=1)(x, keep_class_maps=True)
+    assert routes == [FUSED_ROUTES[model_name]]  # no fused pass this time
+    torch.testing.assert_close(fused.class_maps, plain.class_maps)
+    assert_dominance(fused, fused.class_maps, fused.prediction)
+
+
+def test_fused_blocks_float64_and_model_unchanged():
+    model, x = make("bn", n=3)
+    model = model.double()
+    before = snapshot(model)
+    got = clear_native.Clear(model, "deconvnet", class_chunk=1)(x.double(), keep_class_maps=True)
+    assert got.class_maps.dtype == torch.float64
+    torch.testing.assert_close(got.class_maps, slow_maps(model, x.double(), "deconvnet"))
+    assert_unchanged(model, before)
 
 
 @pytest.mark.parametrize("method", ["deconvnet", "guided"])
