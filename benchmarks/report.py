@@ -50,7 +50,8 @@ def format_table(data: dict) -> str:
                          f"{med(info['captum_per_class_s']) * 1e3:.1f} ms | "
                          f"{info['median_speedup']:.1f}x (median of per-round ratios) |  |  |  |")
             continue
-        nat, ref = impls.get("native"), impls.get("reference")
+        nat = impls.get("native") or impls.get("clear_native") or impls.get("clear_native_cam")
+        ref = impls.get("reference") or impls.get("captum_per_class")
         if nat is None:
             continue
         t_nat = nat["stats"]["median"]
