@@ -81,14 +81,30 @@ class _Site:
     rule: str
     chain: tuple                   # autograd nodes that must feed only the next step
     node: object = None            # the _PoolBlock node
+    below_node: object = None      # deconvnet: the node of a ReLU whose output is the conv input
     fast: bool = False
+    rectify: bool = False          # fast, and that ReLU's rule applied in the same pass
+    # Set by the forward pass, dropped by fused_relu_rule.release():
+    conv_input: torch.Tensor | None = None
+    below: torch.Tensor | None = None      # that ReLU's input
+    output: torch.Tensor | None = None     # the pooled output
+    indices: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def project(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fast route: the signal at the pool's output -> (tensor, its signal): the
+        conv's input, or the input of the ReLU below it (rectify route)."""
+        g = unpool_deconv(grad, self.indices, self.weight, self.input_size, pooled=self.mask,
+                          stride=self.stride, padding=self.padding, dilation=self.dilation,
+                          rule=self.rule, rectify_output=self.rectify)
+        return (self.below if self.rectify else self.conv_input), g
 
 
 class _PoolBlock(torch.autograd.Function):
     """Max-pool of a ReLU output whose backward may skip the block (see module doc)."""
 
     @staticmethod
-    def forward(ctx, conv_input, relu_out, site: _Site, kernel, stride, padding, ceil_mode):
+    def forward(ctx, conv_input, below, relu_out, site: _Site, kernel, stride, padding, ceil_mode):
         pooled, indices = torch.ops.aten.max_pool2d_with_indices(
             relu_out, kernel, stride, padding, [1, 1], ceil_mode)
         ctx.site = site
@@ -98,23 +114,24 @@ class _PoolBlock(torch.autograd.Function):
         # The ReLU mask at a switch is pooled > 0 (gradient / guided rules only).
         mask = None if site.rule == "deconvnet" else (pooled > 0).to(pooled.dtype)
         ctx.save_for_backward(indices, mask)
+        site.indices, site.mask = indices, mask
         return pooled, indices
 
     @staticmethod
     def backward(ctx, grad, _grad_indices):
         none = (None,) * 5
         if grad is None:
-            return (None, None) + none
+            return (None, None, None) + none
         indices, mask = ctx.saved_tensors
         site = ctx.site
         if site.fast:
             g = unpool_deconv(grad, indices, site.weight, site.input_size, pooled=mask,
                               stride=site.stride, padding=site.padding, dilation=site.dilation,
-                              rule=site.rule)
-            return (g, None) + none
+                              rule=site.rule, rectify_output=site.rectify)
+            return ((None, g, None) if site.rectify else (g, None, None)) + none
         n, c, h, w = ctx.relu_shape
         flat = grad.new_zeros(n, c, h * w).scatter_add_(2, indices.flatten(2), grad.flatten(2))
-        return (None, flat.view(n, c, h, w)) + none
+        return (None, None, flat.view(n, c, h, w)) + none
 
 
 class _ConvFewInputs(torch.autograd.Function):
@@ -246,17 +263,17 @@ class fused_relu_rule(relu_rule):
         fused = self._site(relu, x, args, kwargs) if relu is not None else None
         if fused is None:
             return func(*args, **kwargs)
-        site, conv_input, kernel, stride, padding, ceil_mode = fused
-        pooled, indices = _PoolBlock.apply(conv_input, x, site, kernel, stride, padding, ceil_mode)
-        site.node = pooled.grad_fn
+        site, conv_input, below, kernel, stride, padding, ceil_mode = fused
+        pooled, indices = _PoolBlock.apply(conv_input, below, x, site, kernel, stride, padding, ceil_mode)
+        site.node, site.conv_input, site.below, site.output = pooled.grad_fn, conv_input, below, pooled
         self.sites.append(site)
         with_indices = func is F.max_pool2d_with_indices or (
             func is F.max_pool2d and bool(_arg(args, kwargs, 6, "return_indices", False)))
         return (pooled, indices) if with_indices else pooled
 
     def _site(self, relu: _Produced, x, args, kwargs):
-        """(site, conv input, kernel, stride, padding, ceil_mode) of the fused block
-        ending in this max-pool call, or None where it cannot fuse."""
+        """(site, conv input, ReLU-below input or None, kernel, stride, padding, ceil_mode)
+        of the fused block ending in this max-pool call, or None where it cannot fuse."""
         kernel = _pair(_arg(args, kwargs, 1, "kernel_size"))
         stride = _pair(_arg(args, kwargs, 2, "stride", None) or kernel)
         padding = _pair(_arg(args, kwargs, 3, "padding", 0))
@@ -275,8 +292,14 @@ class fused_relu_rule(relu_rule):
             weight = weight * relu.src.scale.view(-1, 1, 1, 1)
         site = _Site(weight=weight, input_size=tuple(cin.shape[-2:]), stride=conv.stride,
                      padding=conv.padding, dilation=conv.dilation, rule=self.rule, chain=relu.nodes)
+        # deconvnet: a ReLU (out of place) right below the conv can apply its rule in the
+        # same pass (rectify route), its input then gets the signal.
+        below = self._lookup(cin, ("relu",)) if self.rule == "deconvnet" else None
+        below_input = None
+        if below is not None and below.src.out is not below.out and below.src.current(below.src.out):
+            below_input, site.below_node = below.src.out, below.nodes[-1]
         ceil_mode = bool(_arg(args, kwargs, 5, "ceil_mode", False))
-        return site, cin, list(kernel), list(stride), list(padding), ceil_mode
+        return site, cin, below_input, list(kernel), list(stride), list(padding), ceil_mode
 
     def finalize(self, output: torch.Tensor) -> None:
         """Picks each block's route from the autograd graph of ``output`` (see module doc)
@@ -297,3 +320,100 @@ class fused_relu_rule(relu_rule):
                     stack.append(nxt)
         for site in self.sites:
             site.fast = site.node in seen and all(users.get(n, 0) == 1 for n in site.chain)
+            # The ReLU below feeds only the conv (whose node points at it) and this node.
+            site.rectify = site.fast and site.below_node is not None and users.get(site.below_node, 0) == 2
+
+    def release(self) -> None:
+        """Drops the tensors the sites keep (call when the backward passes are done)."""
+        for site in self.sites:  # also breaks the site <-> node cycle
+            site.conv_input = site.below = site.output = site.indices = site.mask = None
+            site.node = site.below_node = None
+            site.chain = ()
+
+
+# -- the image-independent top (deconvnet) --------------------------------------------------
+#
+# With the deconvnet rule, the backward signal of class c is the same for every image from
+# the logits down to the first node whose backward looks at the image: a max-pool (its
+# switches). So where every path from the logits to the input passes the output of the
+# topmost fused block through nodes whose backward ignores the image (convolutions and
+# linear layers with frozen weights, deconvnet ReLUs, eval batch norms, average pools,
+# sums, reshapes), that signal is computed once, from a forward pass over one image, and
+# broadcast to the batch: the top layers then cost one image per class instead of N.
+
+# Backward ignores the forward values (given frozen weights; batch norm in eval mode).
+_TOP_NODES = {
+    "ConvolutionBackward0", "AddmmBackward0", "MmBackward0", "TBackward0", "AddBackward0",
+    "SubBackward0", "MeanBackward0", "MeanBackward1", "SumBackward0", "SumBackward1",
+    "AdaptiveAvgPool2DBackward0", "AvgPool2DBackward0", "ViewBackward0", "ReshapeAliasBackward0",
+    "UnsafeViewBackward0", "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward4",
+    "UnsqueezeBackward0", "ExpandBackward0", "PermuteBackward0", "TransposeBackward0",
+    "CloneBackward0", "NativeBatchNormBackward0", "_ReLUBackward", "_ReLUInplaceBackward",
+}
+# Products: image-independent only while the other factor is a constant.
+_PRODUCTS = {"ConvolutionBackward0", "AddmmBackward0", "MmBackward0", "NativeBatchNormBackward0"}
+
+
+def independent_top(output: torch.Tensor, site: _Site) -> bool:
+    """Whether every path from ``output`` back to the input passes ``site``'s pooled
+    output through image-independent nodes only (see above)."""
+    if output.grad_fn is None or site.node is None:
+        return False
+    seen, stack = {output.grad_fn}, [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        name = type(node).__name__
+        if name not in _TOP_NODES:
+            return False
+        nexts = [nxt for nxt, _ in node.next_functions if nxt is not None]
+        if name in _PRODUCTS and len(nexts) > 1:
+            return False
+        for nxt in nexts:
+            if nxt is site.node:
+                continue
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return True
+
+
+class TopShortcut:
+    """Per-class signals at the conv input of the topmost fused block, from one image.
+
+    ``make`` returns None where the shortcut does not apply (any rule but deconvnet,
+    no fused block on the fast route, a top that looks at the image, a model whose
+    one-image forward pass differs in structure).
+    """
+
+    def __init__(self, site: _Site, probe_logits, probe_pooled, probe_mode, n: int):
+        self.site, self.logits, self.pooled, self._mode, self.n = site, probe_logits, probe_pooled, probe_mode, n
+
+    @staticmethod
+    def make(model, x: torch.Tensor, mode: fused_relu_rule, logits: torch.Tensor):
+        if mode.rule != "deconvnet" or not mode.sites or any(m.training for m in model.modules()):
+            return None
+        site = mode.sites[-1]
+        if not site.fast or not independent_top(logits, site):
+            return None
+        probe = x[:1].detach().clone().requires_grad_(True)
+        with fused_relu_rule("deconvnet") as probe_mode:
+            probe_logits = model(probe)
+        probe_mode.finalize(probe_logits)
+        if (len(probe_mode.sites) != len(mode.sites) or probe_logits.shape[1:] != logits.shape[1:]
+                or probe_mode.sites[-1].output.shape[1:] != site.output.shape[1:]
+                or not independent_top(probe_logits, probe_mode.sites[-1])):
+            probe_mode.release()
+            return None
+        return TopShortcut(site, probe_logits, probe_mode.sites[-1].output, probe_mode, x.shape[0])
+
+    def signal(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tensor, class ``c``'s signal at it for all N images): the topmost fused block's
+        conv input (or the input of the ReLU below it)."""
+        one_hot = torch.zeros_like(self.logits)
+        one_hot[:, c] = 1
+        (g,) = torch.autograd.grad(self.logits, self.pooled, one_hot, retain_graph=True)
+        return self.site.project(g.expand(self.n, *g.shape[1:]))
+
+    def release(self) -> None:
+        self._mode.release()
+        self.logits = self.pooled = None

@@ -69,5 +69,5 @@ def _upsample_dominance_fake(maps, size, mode="bilinear", align_corners=False, t
 
 @torch.library.register_fake("clear_native::unpool_deconv")
 def _unpool_deconv_fake(grad, indices, pooled, weight, input_size, stride=(1, 1), padding=(0, 0),
-                        dilation=(1, 1), rule=1):
+                        dilation=(1, 1), rule=1, rectify_output=False):
     return grad.new_empty((grad.shape[0], weight.shape[1], input_size[0], input_size[1]))

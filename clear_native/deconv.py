@@ -29,7 +29,7 @@ def _pair(value, name: str) -> list[int]:
 
 def unpool_deconv(grad: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor, input_size,
                   *, pooled: torch.Tensor | None = None, stride=1, padding=0, dilation=1,
-                  rule: str = "deconvnet") -> torch.Tensor:
+                  rule: str = "deconvnet", rectify_output: bool = False) -> torch.Tensor:
     """The backward signal of ``conv2d -> ReLU -> max_pool2d`` at the conv's input.
 
     Args:
@@ -45,6 +45,8 @@ def unpool_deconv(grad: torch.Tensor, indices: torch.Tensor, weight: torch.Tenso
         stride, padding, dilation: the convolution's.
         rule: ``"deconvnet"`` (rectify the signal), ``"guided"`` (rectify and mask) or
             ``"gradient"`` (mask).
+        rectify_output: clamp the result at 0 (``torch.clamp(min=0)``): the deconvnet rule
+            of a ReLU whose output is the conv's input, applied in the same pass.
 
     Returns:
         (N, C_in, H_in, W_in), contiguous.
@@ -58,4 +60,4 @@ def unpool_deconv(grad: torch.Tensor, indices: torch.Tensor, weight: torch.Tenso
     size = _pair(input_size, "input_size")
     return torch.ops.clear_native.unpool_deconv(
         grad, indices, pooled, weight, size, _pair(stride, "stride"), _pair(padding, "padding"),
-        _pair(dilation, "dilation"), RULES[rule])
+        _pair(dilation, "dilation"), RULES[rule], bool(rectify_output))

@@ -20,7 +20,11 @@ Choices this module makes where the paper is silent (see ``docs`` of ``Clear``):
   (:func:`clear_native.deconv.unpool_deconv`: un-pool, ReLU rule and transposed
   convolution, touching only the non-zero pooled signals), and convolutions of at
   most 4 input channels (the image layer) take their input gradient as one GEMM +
-  col2im (:mod:`clear_native._fusion`). Same maps as torch's own backward nodes, up
+  col2im (:mod:`clear_native._fusion`). With the deconvnet rule, where the layers
+  above the topmost such block ignore the image in their backward (frozen convs and
+  linear layers, deconvnet ReLUs, eval BatchNorm, average pools, sums, reshapes), their
+  per-class signal is the same for every image: it is computed once per class from a
+  one-image forward pass and broadcast. Same maps as torch's own backward nodes, up
   to float rounding.
 * Biases take part in the forward pass (they decide the pooling switches and the
   ReLU masks) but are not projected backward: a transposed convolution has no
@@ -41,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from clear_native._fusion import fused_relu_rule
+from clear_native._fusion import TopShortcut, fused_relu_rule
 from clear_native._relu_rules import relu_rule
 from clear_native.dominance import Dominance, TensorFields, dominance
 from clear_native.project import project_dominance
@@ -284,6 +288,9 @@ class Clear:
             target = _check_target(target, n, c, images.device, prediction)
             table, local_target, pad = _class_table(classes, det, target)
             count = table.shape[-1]
+            # deconvnet: the top layers' per-class signal is the same for every image
+            # (clear_native._fusion.TopShortcut): computed once per class, from one image.
+            top = TopShortcut.make(self.model, x, mode, logits) if fuse and table.dim() == 1 else None
             state, kept = None, []
             for start in range(0, count, chunk):
                 stop = min(start + chunk, count)
@@ -292,7 +299,11 @@ class Clear:
                 ids = torch.where(ids < 0, target.view(-1, 1), ids)  # padded slots: any valid id
                 grad_out = torch.zeros(stop - start, n, c, dtype=logits.dtype, device=logits.device)
                 grad_out.scatter_(2, ids.t().unsqueeze(2), 1)
-                if stop - start == 1:  # one class: a plain backward pass
+                if top is not None:  # one class, from the topmost fused block's conv input down
+                    below, signal = top.signal(int(table[start]))
+                    (grad,) = torch.autograd.grad(below, x, signal, retain_graph=stop < count)
+                    grad = grad.unsqueeze(0)
+                elif stop - start == 1:  # one class: a plain backward pass
                     (grad,) = torch.autograd.grad(logits, x, grad_out[0], retain_graph=stop < count)
                     grad = grad.unsqueeze(0)
                 else:
@@ -305,6 +316,10 @@ class Clear:
                 if keep:
                     kept.append(maps)
                 del grad, maps
+        if fuse:
+            mode.release()
+            if top is not None:
+                top.release()
         maps = _result(state, table, target, prediction, det, self.method, classes,
                        torch.cat(kept, 1) if keep else None, c)
         return maps, fuse and bool(mode.sites)

@@ -126,7 +126,7 @@ def render(classes: torch.Tensor, responses: torch.Tensor, scale: torch.Tensor,
 
 def unpool_deconv(grad: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor, input_size,
                   *, pooled: torch.Tensor | None = None, stride=1, padding=0, dilation=1,
-                  rule: str = "deconvnet") -> torch.Tensor:
+                  rule: str = "deconvnet", rectify_output: bool = False) -> torch.Tensor:
     """Reference for :func:`clear_native.deconv.unpool_deconv`: the un-pooled map is
     built (scatter of ``grad`` to the switches), passed through the ReLU rule (with the
     mask ``x > 0`` of the conv output, which is ``pooled > 0`` at a switch and
@@ -150,6 +150,7 @@ def unpool_deconv(grad: torch.Tensor, indices: torch.Tensor, weight: torch.Tenso
     unpooled = flat.view(n, c, h_out, w_out)
     # The transposed convolution, as the input gradient of the forward one.
     probe = grad.new_zeros(n, weight.shape[1], h_in, w_in)
-    return torch.ops.aten.convolution_backward(
+    out = torch.ops.aten.convolution_backward(
         unpooled, probe, weight, None, [sh, sw], [ph, pw], [dh, dw], False, [0, 0], 1,
         [True, False, False])[0]
+    return out.clamp(min=0) if rectify_output else out

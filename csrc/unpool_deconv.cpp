@@ -7,6 +7,8 @@
 //
 //   conv_transpose2d(rule(max_unpool(grad, indices)), weight, stride, padding, dilation)
 //
+// optionally rectified (rectify_output: the deconvnet rule of a ReLU right below the conv)
+//
 // for pooling windows that do not overlap (each conv output has at most one
 // switch). The output is (N, C_in, H_in, W_in), contiguous. The per-switch math lives in unpool_deconv_element.h, the loops in
 // cpu/simd/unpool_deconv_kernel.cpp and cuda/unpool_deconv_kernel.cu.
@@ -39,7 +41,7 @@ Tensor unpool_deconv_impl(const Tensor& grad, const Tensor& indices, const std::
                           const Tensor& weight, std::vector<int64_t> input_size,
                           std::vector<int64_t> stride,
                           std::vector<int64_t> padding,
-                          std::vector<int64_t> dilation, int64_t rule) {
+                          std::vector<int64_t> dilation, int64_t rule, bool rectify_output) {
   STD_TORCH_CHECK(grad.dim() == 4, "unpool_deconv: grad must be (N, C, H_pool, W_pool), got shape ",
                   shape_str(grad));
   STD_TORCH_CHECK(grad.scalar_type() == ScalarType::Float || grad.scalar_type() == ScalarType::Double,
@@ -96,6 +98,7 @@ Tensor unpool_deconv_impl(const Tensor& grad, const Tensor& indices, const std::
                   " convolution with these stride, padding and dilation has no output for input_size (",
                   a.Hin, ", ", a.Win, ")");
   a.rule = static_cast<int>(rule);
+  a.rectify = rectify_output;
   a.dtype = grad.scalar_type();
 
   Tensor out = torch::stable::new_empty(grad, {a.N, a.Cin, a.Hin, a.Win});
@@ -136,7 +139,8 @@ Tensor unpool_deconv_impl(const Tensor& grad, const Tensor& indices, const std::
 STABLE_TORCH_LIBRARY_FRAGMENT(clear_native, m) {
   m.def(
       "unpool_deconv(Tensor grad, Tensor indices, Tensor? pooled, Tensor weight, int[] input_size, "
-      "int[] stride=[1, 1], int[] padding=[0, 0], int[] dilation=[1, 1], int rule=1) -> Tensor");
+      "int[] stride=[1, 1], int[] padding=[0, 0], int[] dilation=[1, 1], int rule=1, "
+      "bool rectify_output=False) -> Tensor");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(clear_native, CPU, m) {

@@ -15,6 +15,7 @@ struct UnpoolDeconvArgs {
   int64_t Hin = 0, Win = 0;  // the conv's input plane (the output's plane)
   int64_t Ho = 0, Wo = 0;    // the conv's output plane (where the switches point)
   int rule = 1;              // UnpoolDeconvRule (unpool_deconv_element.h)
+  bool rectify = false;      // clamp the output at 0 (the deconvnet rule of a ReLU below)
   torch::headeronly::ScalarType dtype = torch::headeronly::ScalarType::Float;
   // (N, C, P) contiguous: the signal at the pooled output, the switches (flat
   // indices into Ho * Wo, as max_pool2d_with_indices returns them) and the pooled

@@ -31,6 +31,13 @@ CN_INLINE T unpool_rule(int rule, T g, T p) {
   return g > T(0) ? g : T(0);
 }
 
+// The output's rectification (rectify_output=True): torch.clamp(min=0) exactly
+// (NaN and -0.0 pass).
+template <typename T>
+CN_INLINE T rectify_value(T v) {
+  return v < T(0) ? T(0) : v;
+}
+
 // Input coordinate (one axis) reached by kernel tap k from the conv output
 // coordinate y; the caller skips taps outside [0, size).
 CN_INLINE int64_t tap_coord(int64_t y, int64_t k, int64_t stride, int64_t pad, int64_t dilation) {

@@ -38,25 +38,28 @@ def case(geo, dtype=torch.float32, device="cpu", n=3):
     return x, w
 
 
-def ours(g, idx, pooled, w, x, geo, rule):
+def ours(g, idx, pooled, w, x, geo, rule, rectify=False):
     _, _, _, _, _, s, p, d, *_ = geo
     return unpool_deconv(g, idx, w, tuple(x.shape[-2:]), pooled=pooled, stride=s, padding=p,
-                         dilation=d, rule=rule)
+                         dilation=d, rule=rule, rectify_output=rectify)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("geo", GEOMETRIES, ids=str)
 @pytest.mark.parametrize("rule", RULES)
-def test_matches_reference_and_autograd(rule, geo, dtype, device):
+@pytest.mark.parametrize("rectify", [False, True])
+def test_matches_reference_and_autograd(rectify, rule, geo, dtype, device):
     x, w = case(geo, dtype, device)
     pooled, idx, xg = block(x, w, geo, rule)
     g = torch.randn_like(pooled)
     (want,) = torch.autograd.grad(pooled, xg, g)
-    got = ours(g, idx, pooled.detach(), w, x, geo, rule)
+    if rectify:
+        want = want.clamp(min=0)
+    got = ours(g, idx, pooled.detach(), w, x, geo, rule, rectify)
     _, _, _, _, _, s, p, d, *_ = geo
     ref = reference.unpool_deconv(g, idx, w, tuple(x.shape[-2:]), pooled=pooled.detach(), stride=s,
-                                  padding=p, dilation=d, rule=rule)
+                                  padding=p, dilation=d, rule=rule, rectify_output=rectify)
     assert got.shape == x.shape and got.dtype == dtype and got.is_contiguous()
     torch.testing.assert_close(ref, want)
     torch.testing.assert_close(got, want)
@@ -131,7 +134,7 @@ def _kernel_cases():
         for rule in RULES:
             pooled, idx, _ = block(x, w, geo, rule)
             g = torch.randn_like(pooled)
-            out.append(ours(g, idx, pooled.detach(), w, x, geo, rule))
+            out.append(ours(g, idx, pooled.detach(), w, x, geo, rule, rectify=rule == "guided"))
     return out
 
 
@@ -157,8 +160,9 @@ def test_cuda_matches_cpu():
         for rule in RULES:
             pooled, idx, _ = block(x, w, geo, rule)
             g = torch.randn_like(pooled)
-            cpu = ours(g, idx, pooled.detach(), w, x, geo, rule)
-            gpu = ours(g.cuda(), idx.cuda(), pooled.detach().cuda(), w.cuda(), x, geo, rule)
+            cpu = ours(g, idx, pooled.detach(), w, x, geo, rule, rule == "deconvnet")
+            gpu = ours(g.cuda(), idx.cuda(), pooled.detach().cuda(), w.cuda(), x, geo, rule,
+                       rule == "deconvnet")
             torch.testing.assert_close(gpu.cpu(), cpu)
 
 
@@ -168,7 +172,7 @@ def test_opcheck():
     pooled, idx, _ = block(x, w, geo, "guided")
     g = torch.randn_like(pooled)
     torch.library.opcheck(torch.ops.clear_native.unpool_deconv,
-                          (g, idx, pooled.detach(), w, [17, 13], [2, 2], [2, 2], [1, 1], 2))
+                          (g, idx, pooled.detach(), w, [17, 13], [2, 2], [2, 2], [1, 1], 2, True))
 
 
 def test_bad_inputs():

@@ -140,7 +140,48 @@ class SecondUseNet(nn.Module):
         return self.fc(out.mean((2, 3)))
 
 
+class BypassNet(nn.Module):
+    """The logits also see a branch that skips the fused block: the top is not the same
+    for every image (no one-image shortcut)."""
+
+    def __init__(self, c=NUM_CLASSES):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.side = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(8, c)
+        self.fc_side = nn.Linear(4, c)
+
+    def forward(self, x):
+        y = F.relu(self.c2(F.max_pool2d(F.relu(self.c1(x)), 2)))
+        return self.fc(y.mean((2, 3))) + self.fc_side(F.relu(self.side(x)).mean((2, 3)))
+
+
+class BelowNet(nn.Module):
+    """conv -> ReLU -> conv -> ReLU -> max-pool twice: the first ReLU's rule joins the
+    fused pass (rectify route) only where its output feeds nothing else."""
+
+    def __init__(self, c=NUM_CLASSES, second_use=False):
+        super().__init__()
+        self.second_use = second_use
+        self.c1, self.c2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=1)
+        self.c3, self.c4 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, c)
+
+    def forward(self, x):
+        y = F.relu(self.c1(x))
+        z = F.max_pool2d(F.relu(self.c2(y)), 2)
+        z = F.max_pool2d(F.relu(self.c4(F.relu(self.c3(z)))), 2)
+        out = z.mean((2, 3))
+        if self.second_use:
+            out = out + y.mean((1, 2, 3)).unsqueeze(1)
+        return self.fc(out)
+
+
 MODELS = {
+    "below": BelowNet,
+    "below_used_twice": lambda: BelowNet(second_use=True),
+    "bypass": BypassNet,
     "secondusenet": SecondUseNet,
     "gap": GapNet, "convgap1x1": ConvGapNet, "convgap3x3": lambda: ConvGapNet(k=3),
     "flatten": FlattenNet, "bn": BNNet, "functional": FunctionalNet, "shared": SharedReluNet,
@@ -322,19 +363,31 @@ def _routes(monkeypatch):
     """Records the route (fast / plain) of every fused block of the next calls."""
     from clear_native import _fusion
 
-    routes = []
+    class Routes(list):
+        rectified: list
+
+    routes = Routes()
+    routes.rectified = []
     finalize = _fusion.fused_relu_rule.finalize
 
     def spy(self, output):
         finalize(self, output)
         routes.append([site.fast for site in self.sites])
+        routes.rectified.append([site.rectify for site in self.sites])
 
     monkeypatch.setattr(_fusion.fused_relu_rule, "finalize", spy)
     return routes
 
 
 FUSED_ROUTES = {"gap": [True], "convgap1x1": [True], "bn": [True], "functional": [True],
-                "shared": [True], "flatten": [True], "secondusenet": [False, True]}
+                "shared": [True], "flatten": [True], "secondusenet": [False, True], "bypass": [True],
+                "below": [True, True], "below_used_twice": [True, True]}
+# deconvnet: blocks whose ReLU below applies its rule in the fused pass (rectify route).
+RECTIFIED = {"functional": [True], "below": [True, True], "below_used_twice": [False, True]}
+# deconvnet: whether the top layers' signal comes from one image (TopShortcut).
+TOP_SHORTCUT = {"gap": True, "convgap1x1": True, "bn": True, "functional": True,
+                "shared": True, "flatten": True, "secondusenet": True, "bypass": False,
+                "below": True, "below_used_twice": False}
 
 
 @pytest.mark.parametrize("model_name", list(FUSED_ROUTES))
@@ -342,15 +395,26 @@ FUSED_ROUTES = {"gap": [True], "convgap1x1": [True], "bn": [True], "functional":
 def test_fused_blocks_match_slow_loop_and_plain_autograd(method, model_name, monkeypatch):
     """One class per pass (CPU): conv -> [BN] -> ReLU -> max-pool blocks take the fused
     route where only the pool uses the ReLU output, the plain one elsewhere (overlapping
-    pools are not fused at all); the maps equal the slow loop and torch's own nodes."""
+    pools are not fused at all); deconvnet takes the top layers' signal from one image
+    where they ignore the image; the maps equal the slow loop and torch's own nodes."""
+    from clear_native import _fusion
+
     model, x = make(model_name, n=3)
-    routes = _routes(monkeypatch)
+    routes, tops = _routes(monkeypatch), []
+    make_top = _fusion.TopShortcut.make
+    monkeypatch.setattr(_fusion.TopShortcut, "make",
+                        staticmethod(lambda *a: tops.append(make_top(*a)) or tops[-1]))
     fused = clear_native.Clear(model, method, class_chunk=1)(x, keep_class_maps=True)
-    assert routes == [FUSED_ROUTES[model_name]]
+    shortcut = method == "deconvnet" and TOP_SHORTCUT[model_name]
+    assert [t is not None for t in tops] == [shortcut]
+    # the batch's forward pass, then the one-image pass of the shortcut
+    assert routes == [FUSED_ROUTES[model_name]] * (1 + shortcut)
+    rectified = RECTIFIED.get(model_name, [False] * len(FUSED_ROUTES[model_name]))
+    assert routes.rectified[0] == (rectified if method == "deconvnet" else [False] * len(rectified))
     torch.testing.assert_close(fused.class_maps, slow_maps(model, x, method))
     monkeypatch.setattr(explain_mod, "FUSE_BLOCKS", False)
     plain = clear_native.Clear(model, method, class_chunk=1)(x, keep_class_maps=True)
-    assert routes == [FUSED_ROUTES[model_name]]  # no fused pass this time
+    assert len(routes) == 1 + shortcut  # no fused pass this time
     torch.testing.assert_close(fused.class_maps, plain.class_maps)
     assert_dominance(fused, fused.class_maps, fused.prediction)
 
@@ -549,6 +613,7 @@ def test_no_memory_growth():
     model, x = make("functional", n=1, size=8)
     explainer = clear_native.Clear(model, "guided")
     cam = clear_native.Clear(model, "cam")
+    fused = clear_native.Clear(model, "deconvnet", class_chunk=1)  # fused blocks + one-image top
 
     def live_tensors():
         gc.collect()
@@ -557,10 +622,12 @@ def test_no_memory_growth():
     for _ in range(10):
         explainer(x)
         cam(x)
+        fused(x)
     before = live_tensors()
     for _ in range(200):
         explainer(x)
         cam(x)
+        fused(x)
     assert live_tensors() <= before
     tracemalloc.start()
     snap0 = tracemalloc.take_snapshot()

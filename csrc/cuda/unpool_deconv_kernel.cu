@@ -44,11 +44,23 @@ __global__ void unpool_deconv_cuda_kernel(UnpoolDeconvArgs a) {
 }
 
 template <typename T>
+__global__ void rectify_cuda_kernel(T* out, int64_t total) {
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[t] = rectify_value(out[t]);
+}
+
+template <typename T>
 void launch(const UnpoolDeconvArgs& a, cudaStream_t stream) {
   constexpr int kThreads = 256;
   const int64_t total = a.N * a.C * a.P * a.Cin;
   const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t{1} << 20);
   unpool_deconv_cuda_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a);
+  if (a.rectify) {
+    const int64_t n = a.N * a.Cin * a.Hin * a.Win;
+    const int64_t rblocks = std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t{1} << 20);
+    rectify_cuda_kernel<T><<<static_cast<unsigned>(rblocks), kThreads, 0, stream>>>(static_cast<T*>(a.out), n);
+  }
 }
 
 }  // namespace

@@ -85,8 +85,13 @@ void run_item(const UnpoolDeconvArgs& a, int64_t n, int64_t c0, int64_t c1, std:
     }
   }
   T* __restrict__ out = static_cast<T*>(a.out) + (n * a.Cin + c0) * pixels;
-  for (int64_t ci = 0; ci < len; ++ci)
-    for (int64_t p = 0; p < pixels; ++p) out[ci * pixels + p] = acc[p * len + ci];
+  for (int64_t ci = 0; ci < len; ++ci) {
+    if (a.rectify) {
+      for (int64_t p = 0; p < pixels; ++p) out[ci * pixels + p] = rectify_value(acc[p * len + ci]);
+    } else {
+      for (int64_t p = 0; p < pixels; ++p) out[ci * pixels + p] = acc[p * len + ci];
+    }
+  }
 }
 
 template <typename T>
