@@ -271,7 +271,8 @@ class Clear:
         # One class per backward pass (CPU default for N >= 16): conv -> ReLU -> max-pool
         # blocks back-project in one native pass (clear_native._fusion); batched passes
         # (is_grads_batched) keep torch's own nodes.
-        fuse = FUSE_BLOCKS and chunk == 1 and x.device.type == "cpu"
+        fuse = (FUSE_BLOCKS and chunk == 1 and x.device.type == "cpu"
+                and not torch.is_autocast_enabled("cpu"))  # fused kernels: float32 / float64
         with torch.enable_grad(), _frozen_parameters(self.model):
             with (fused_relu_rule if fuse else relu_rule)(self.method) as mode:
                 logits = self.model(x)

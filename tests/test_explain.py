@@ -540,10 +540,11 @@ def test_under_no_grad_and_inference_mode(method):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_autocast(device):
+@pytest.mark.parametrize("class_chunk", [None, 1], ids=["batched", "one_class"])
+def test_autocast(device, class_chunk):
     model, x = make("gap", device, size=16)
     with torch.autocast(device, dtype=torch.bfloat16 if device == "cpu" else torch.float16):
-        got = clear_native.Clear(model, "deconvnet")(x, keep_class_maps=True)
+        got = clear_native.Clear(model, "deconvnet", class_chunk=class_chunk)(x, keep_class_maps=True)
         cam = clear_native.Clear(model, "cam")(x)
     want = clear_native.Clear(model, "deconvnet")(x, keep_class_maps=True)
     assert got.dominant_class.shape == (2, 16, 16) and cam.dominant_class.shape == (2, 16, 16)
