@@ -113,7 +113,7 @@ class _PoolBlock(torch.autograd.Function):
         ctx.mark_non_differentiable(indices)
         # The ReLU mask at a switch is pooled > 0 (gradient / guided rules only).
         mask = None if site.rule == "deconvnet" else (pooled > 0).to(pooled.dtype)
-        ctx.save_for_backward(indices, mask)
+        ctx.save_for_backward(indices)  # plain route; the fast one reads the site
         site.indices, site.mask = indices, mask
         return pooled, indices
 
@@ -122,12 +122,10 @@ class _PoolBlock(torch.autograd.Function):
         none = (None,) * 5
         if grad is None:
             return (None, None, None) + none
-        indices, mask = ctx.saved_tensors
+        (indices,) = ctx.saved_tensors
         site = ctx.site
         if site.fast:
-            g = unpool_deconv(grad, indices, site.weight, site.input_size, pooled=mask,
-                              stride=site.stride, padding=site.padding, dilation=site.dilation,
-                              rule=site.rule, rectify_output=site.rectify)
+            _, g = site.project(grad)
             return ((None, g, None) if site.rectify else (g, None, None)) + none
         n, c, h, w = ctx.relu_shape
         flat = grad.new_zeros(n, c, h * w).scatter_add_(2, indices.flatten(2), grad.flatten(2))

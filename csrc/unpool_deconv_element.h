@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "macros.h"
+#include "unpool_deconv.h"
 
 namespace clear_native {
 
@@ -42,6 +43,21 @@ CN_INLINE T rectify_value(T v) {
 // coordinate y; the caller skips taps outside [0, size).
 CN_INLINE int64_t tap_coord(int64_t y, int64_t k, int64_t stride, int64_t pad, int64_t dilation) {
   return y * stride - pad + k * dilation;
+}
+
+// Calls fn(tap, input pixel) -- tap = ky * kw + kx, pixel = iy * Win + ix -- for every
+// kernel tap of the switch at conv output (y, x) whose input pixel lies in the plane.
+template <typename Fn>
+CN_INLINE void for_each_tap(const UnpoolDeconvArgs& a, int64_t y, int64_t x, Fn&& fn) {
+  for (int64_t ky = 0; ky < a.kh; ++ky) {
+    const int64_t iy = tap_coord(y, ky, a.sh, a.ph, a.dh);
+    if (iy < 0 || iy >= a.Hin) continue;
+    for (int64_t kx = 0; kx < a.kw; ++kx) {
+      const int64_t ix = tap_coord(x, kx, a.sw, a.pw, a.dw);
+      if (ix < 0 || ix >= a.Win) continue;
+      fn(ky * a.kw + kx, iy * a.Win + ix);
+    }
+  }
 }
 
 // Conv output row of a flat switch f (< 2^31 in practice: a 32-bit division,

@@ -31,15 +31,7 @@ __global__ void unpool_deconv_cuda_kernel(UnpoolDeconvArgs a) {
     const int64_t y = switch_row(f, a.Wo), x = f - y * a.Wo;
     const T* w = static_cast<const T*>(a.weight) + c * a.kh * a.kw * a.Cin + ci;
     T* out = static_cast<T*>(a.out) + (n * a.Cin + ci) * a.Hin * a.Win;
-    for (int64_t ky = 0; ky < a.kh; ++ky) {
-      const int64_t iy = tap_coord(y, ky, a.sh, a.ph, a.dh);
-      if (iy < 0 || iy >= a.Hin) continue;
-      for (int64_t kx = 0; kx < a.kw; ++kx) {
-        const int64_t ix = tap_coord(x, kx, a.sw, a.pw, a.dw);
-        if (ix < 0 || ix >= a.Win) continue;
-        atomicAdd(out + iy * a.Win + ix, v * w[(ky * a.kw + kx) * a.Cin]);
-      }
-    }
+    for_each_tap(a, y, x, [&](int64_t tap, int64_t pixel) { atomicAdd(out + pixel, v * w[tap * a.Cin]); });
   }
 }
 

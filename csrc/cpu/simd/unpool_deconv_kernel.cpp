@@ -73,15 +73,9 @@ void run_item(const UnpoolDeconvArgs& a, int64_t n, int64_t c0, int64_t c1, std:
         continue;
       }
       const int64_t y = switch_row(f, a.Wo), x = f - y * a.Wo;
-      for (int64_t ky = 0; ky < a.kh; ++ky) {
-        const int64_t iy = tap_coord(y, ky, a.sh, a.ph, a.dh);
-        if (iy < 0 || iy >= a.Hin) continue;
-        for (int64_t kx = 0; kx < a.kw; ++kx) {
-          const int64_t ix = tap_coord(x, kx, a.sw, a.pw, a.dw);
-          if (ix < 0 || ix >= a.Win) continue;
-          axpy<T, kVecs>(len, v, wc + (ky * a.kw + kx) * a.Cin, acc + (iy * a.Win + ix) * len);
-        }
-      }
+      for_each_tap(a, y, x, [&](int64_t tap, int64_t pixel) {
+        axpy<T, kVecs>(len, v, wc + tap * a.Cin, acc + pixel * len);
+      });
     }
   }
   T* __restrict__ out = static_cast<T*>(a.out) + (n * a.Cin + c0) * pixels;
