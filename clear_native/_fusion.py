@@ -189,8 +189,8 @@ class fused_relu_rule(relu_rule):
     until then (or without it) every block takes the plain route.
     """
 
-    def __init__(self, rule: str):
-        super().__init__(rule)
+    def __init__(self, rule: str, **watch):
+        super().__init__(rule, **watch)
         self._made: dict[int, _Produced] = {}
         self.sites: list[_Site] = []
 
@@ -203,10 +203,9 @@ class fused_relu_rule(relu_rule):
     def _keep(self, rec: _Produced) -> None:
         self._made[id(rec.out)] = rec
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
+    def _dispatch(self, func, types, args, kwargs):
         if not torch.is_grad_enabled():
-            return super().__torch_function__(func, types, args, kwargs)
+            return super()._dispatch(func, types, args, kwargs)
         if func in _CONV:
             return self._conv(func, args, kwargs)
         if func in _BATCH_NORM:
@@ -215,7 +214,7 @@ class fused_relu_rule(relu_rule):
             return self._max_pool(func, args, kwargs)
         x = _arg(args, kwargs, 0, "input")
         src = self._lookup(x, ("conv", "scale"))
-        out = super().__torch_function__(func, types, args, kwargs)
+        out = super()._dispatch(func, types, args, kwargs)
         if src is not None and isinstance(out, torch.Tensor) and isinstance(out.grad_fn, _RELU_NODES):
             self._keep(_Produced(out, out._version, "relu", src=src, nodes=src.nodes + (out.grad_fn,)))
         return out

@@ -178,7 +178,22 @@ class BelowNet(nn.Module):
         return self.fc(out)
 
 
+class MLPNet(nn.Module):
+    """conv/ReLU/max-pool features, flatten + MLP head (Linear -> ReLU -> Linear)."""
+
+    def __init__(self, c=NUM_CLASSES):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, c))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
 MODELS = {
+    "mlp": MLPNet,
     "below": BelowNet,
     "below_used_twice": lambda: BelowNet(second_use=True),
     "bypass": BypassNet,
@@ -247,6 +262,54 @@ def slow_maps(model, images, method, reduce="sum"):
     return torch.stack(out, 1)
 
 
+# How each test model splits into the feature layer f and the head (written out by hand).
+SPLITS = {
+    "gap": (lambda m, x: m.features(x), lambda m, f: m.fc(torch.flatten(m.pool(f), 1))),
+    "bn": (lambda m, x: m.features(x), lambda m, f: m.fc(torch.flatten(m.pool(f), 1))),
+    "convgap1x1": (lambda m, x: m.features(x), lambda m, f: m.pool(f).flatten(1)),
+    "convgap3x3": (lambda m, x: m.features(x), lambda m, f: m.pool(f).flatten(1)),
+    "flatten": (lambda m, x: m.pool(m.act(m.conv(x))), lambda m, f: m.fc(f.flatten(1))),
+    "mlp": (lambda m, x: m.features(x), lambda m, f: m.head(f)),
+    "shared": (lambda m, x: m.act(m.c3(m.act(m.c2(m.mp(m.act(m.c1(x))))))),
+               lambda m, f: m.fc(m.pool(f).flatten(1))),
+    "functional": (lambda m, x: torch.relu_(m.c4(torch.relu(m.c3(F.max_pool2d(F.relu(
+        m.c2(F.relu(m.c1(x)))), 2)))).relu() - 0.1), lambda m, f: m.fc(m.pool(f).flatten(1))),
+}
+
+
+def slow_response_maps(model, images, method, model_name, reduce="sum", rectify=True):
+    """The response signal, class by class: the head's plain gradient g_c = dy_c/df, the
+    class map M_c = sum_k f g_c + (y_c - sum f g_c) / (h w), then g_c * relu(M_c) sent
+    from f down to the input with the rule (monkeypatched relus)."""
+    features, head = SPLITS[model_name]
+    with torch.enable_grad():
+        f0 = features(model, images).detach()
+        c = model(images).shape[1]
+        signals = []
+        for k in range(c):
+            fr = f0.clone().requires_grad_(True)
+            y = head(model, fr)[:, k]
+            (g,) = torch.autograd.grad(y.sum(), fr)
+            contrib = (f0 * g).sum(1)
+            m = contrib + ((y.detach() - contrib.sum((1, 2))) / contrib[0].numel()).view(-1, 1, 1)
+            signals.append(g * (m.clamp(min=0) if rectify else m).unsqueeze(1))
+    relu = _hooked_relu(method)
+    mp = pytest.MonkeyPatch()
+    for obj, name in ((F, "relu"), (torch, "relu"), (torch, "relu_"), (torch.Tensor, "relu")):
+        mp.setattr(obj, name, relu)
+    try:
+        out = []
+        with torch.enable_grad():
+            for s in signals:
+                x = images.detach().clone().requires_grad_(True)
+                (g,) = torch.autograd.grad(features(model, x), x, s)
+                out.append(g.sum(1) if reduce == "sum" else g.abs().amax(1) if reduce == "max_abs"
+                           else g.pow(2).sum(1).sqrt())
+    finally:
+        mp.undo()
+    return torch.stack(out, 1)
+
+
 def slow_maps_module_hooks(model, images, method):
     """Same, with full backward hooks on the nn.ReLU modules (module models only)."""
     def hook(module, grad_input, grad_output):
@@ -297,7 +360,7 @@ def assert_dominance(got, maps, target):
 @pytest.mark.parametrize("method", BACKPROP)
 def test_backprop_matches_slow_loop(method, model_name, device):
     model, x = make(model_name, device)
-    got = clear_native.Clear(model, method)(x, keep_class_maps=True)
+    got = clear_native.Clear(model, method, signal="logit")(x, keep_class_maps=True)
     want = slow_maps(model, x, method)
     assert got.class_maps.shape == (2, NUM_CLASSES, 12, 12)
     torch.testing.assert_close(got.class_maps, want)
@@ -305,15 +368,126 @@ def test_backprop_matches_slow_loop(method, model_name, device):
     torch.testing.assert_close(got.prediction, model(x).argmax(1))
     torch.testing.assert_close(got.target, got.prediction)
     torch.testing.assert_close(got.logits, model(x).detach())
-    assert got.method == method and got.classes is None
+    assert got.method == method and got.classes is None and got.signal == "logit"
 
 
 @pytest.mark.parametrize("method", ["deconvnet", "guided"])
 @pytest.mark.parametrize("model_name", ["gap", "shared"])
 def test_backprop_matches_module_hooks(method, model_name):
     model, x = make(model_name)
-    got = clear_native.Clear(model, method)(x, keep_class_maps=True)
+    got = clear_native.Clear(model, method, signal="logit")(x, keep_class_maps=True)
     torch.testing.assert_close(got.class_maps, slow_maps_module_hooks(model, x, method))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("model_name", list(SPLITS))
+@pytest.mark.parametrize("method", BACKPROP)
+def test_response_matches_slow_loop(method, model_name, device):
+    """The default signal (class response) on every head type: C-kernel conv + GAP (the
+    paper), GAP + linear, flatten + linear, flatten + MLP, functional; batched (class
+    chunks, torch's nodes) and one class per pass (fused blocks on CPU)."""
+    model, x = make(model_name, device, n=3)
+    want = slow_response_maps(model, x, method, model_name)
+    for chunk in (None, 1):
+        got = clear_native.Clear(model, method, class_chunk=chunk)(x, keep_class_maps=True)
+        assert got.signal == "response"
+        torch.testing.assert_close(got.class_maps, want)
+        assert_dominance(got, got.class_maps, got.prediction)
+    got = clear_native.Clear(model, method, rectify=False)(x, keep_class_maps=True)
+    torch.testing.assert_close(got.class_maps, slow_response_maps(model, x, method, model_name, rectify=False))
+
+
+def test_response_reduces_to_the_paper():
+    """C-kernel last conv + GAP: class c's map is relu(z_L^c) sent through kernel c's
+    transposed convolution and down the deconvnet (scaled by 1 / (h w)^2); GAP + linear:
+    the class map is (W[c] . f(i, j) + b[c]) / (h w); flatten + linear: W[c] . f(i, j) + b[c] / (h w)."""
+    from clear_native._response import ResponseSignal
+
+    model, x = make("convgap1x1", n=2)
+    got = clear_native.Clear(model, "deconvnet")(x, keep_class_maps=True).class_maps
+    relu = _hooked_relu("deconvnet")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(F, "relu", relu)
+        mp.setattr(torch, "relu", relu)
+        xr = x.clone().requires_grad_(True)
+        z = model.features(xr)  # (N, C, 6, 6): the class maps z_L
+        hw = z.shape[2] * z.shape[3]
+        for c in range(NUM_CLASSES):
+            signal = torch.zeros_like(z)
+            signal[:, c] = z[:, c].detach().clamp(min=0)
+            (g,) = torch.autograd.grad(z, xr, signal, retain_graph=True)
+            torch.testing.assert_close(got[:, c] * hw * hw, g.sum(1), rtol=1e-4, atol=1e-5)
+
+    for name in ("gap", "flatten"):
+        model, x = make(name, n=2)
+        features, head = SPLITS[name]
+        f = features(model, x).detach().requires_grad_(True)
+        y = head(model, f)
+        src = ResponseSignal(y, f, x, True)
+        grad_out = torch.eye(NUM_CLASSES)[:, None, :].expand(-1, 2, -1).contiguous()  # (C, N, C)
+        maps = src.class_maps(src.head_gradient(grad_out, last=False), grad_out)
+        hw = f.shape[2] * f.shape[3]
+        w, b = model.fc.weight.detach(), model.fc.bias.detach()
+        if name == "gap":
+            want = (torch.einsum("ck,nkhw->cnhw", w, f.detach()) + b.view(-1, 1, 1, 1)) / hw
+        else:
+            want = (torch.einsum("ckhw,nkhw->cnhw", w.view(NUM_CLASSES, *f.shape[1:]), f.detach())
+                    + b.view(-1, 1, 1, 1) / hw)
+        torch.testing.assert_close(maps, want)
+        torch.testing.assert_close(maps.sum((2, 3)), y.detach().t())  # contributions sum to the logit
+
+
+def test_response_feature_layer_and_errors():
+    # a named layer gives the same maps as the one found automatically
+    model, x = make("gap")
+    auto = clear_native.Clear(model, "deconvnet")(x, keep_class_maps=True)
+    named = clear_native.Clear(model, "deconvnet", layer="features.4")(x, keep_class_maps=True)
+    torch.testing.assert_close(named.class_maps, auto.class_maps)
+    # an earlier layer: its maps follow the formula at that layer (plain gradient above it)
+    early = clear_native.Clear(model, "guided", layer="features.2")(x, keep_class_maps=True)
+    split = {"early": (lambda m, t: m.features[:3](t),
+                       lambda m, f: m.fc(torch.flatten(m.pool(m.features[3:](f)), 1)))}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(SPLITS, "early", split["early"])
+        torch.testing.assert_close(early.class_maps, slow_response_maps(model, x, "guided", "early"))
+    # two spatial branches into the head: no single feature layer, a clear error (or a
+    # warning where the user named the layer)
+    bypass, xb = make("bypass")
+    with pytest.raises(ValueError, match="bypasses the feature layer.*layer=.*signal='logit'"):
+        clear_native.Clear(bypass, "deconvnet")(xb)
+    with pytest.warns(UserWarning, match="bypasses the feature layer"):
+        clear_native.Clear(bypass, "deconvnet", layer="c2")(xb)
+    clear_native.Clear(bypass, "deconvnet", signal="logit")(xb)
+
+    class NoPooling(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, NUM_CLASSES, 3, padding=1)
+
+        def forward(self, t):
+            return torch.logsumexp(self.conv(t), dim=(2, 3))
+
+    with pytest.raises(ValueError, match="needs the last spatial feature map.*layer=.*signal='logit'"):
+        clear_native.Clear(NoPooling().eval(), "deconvnet")(x)
+    with pytest.raises(ValueError, match="signal must be one of"):
+        clear_native.Clear(model, "deconvnet", signal="gradient")
+    with pytest.raises(ValueError, match="signal= applies to the back-projection methods"):
+        clear_native.Clear(model, "cam", signal="response")
+    with pytest.raises(ValueError, match="layer= names the feature layer"):
+        clear_native.Clear(model, "deconvnet", signal="logit", layer="features.4")
+    with pytest.raises(TypeError, match="rectify must be a bool"):
+        clear_native.Clear(model, "deconvnet", rectify="yes")
+
+
+def test_response_head_relus_take_the_plain_gradient():
+    """The MLP head's ReLU is above the feature layer: its backward is the plain gradient
+    whatever the rule (deconvnet would rectify it), so M_c is the true contribution."""
+    model, x = make("mlp", n=2)
+    got = clear_native.Clear(model, "deconvnet")(x, keep_class_maps=True)
+    torch.testing.assert_close(got.class_maps, slow_response_maps(model, x, "deconvnet", "mlp"))
+    # the feature-layer ReLU (below f) does take the rule: differs from plain gradients
+    grad = clear_native.Clear(model, "gradient")(x, keep_class_maps=True)
+    assert not torch.allclose(got.class_maps, grad.class_maps)
 
 
 def test_deconvnet_rule_differs_from_gradient():
@@ -326,8 +500,10 @@ def test_deconvnet_rule_differs_from_gradient():
 @pytest.mark.parametrize("reduce", ["sum", "max_abs", "l2"])
 def test_channel_reduce(reduce):
     model, x = make("functional")
-    got = clear_native.Clear(model, "guided", channel_reduce=reduce)(x, keep_class_maps=True)
+    got = clear_native.Clear(model, "guided", signal="logit", channel_reduce=reduce)(x, keep_class_maps=True)
     torch.testing.assert_close(got.class_maps, slow_maps(model, x, "guided", reduce))
+    resp = clear_native.Clear(model, "guided", channel_reduce=reduce)(x, keep_class_maps=True)
+    torch.testing.assert_close(resp.class_maps, slow_response_maps(model, x, "guided", "functional", reduce))
     if reduce != "sum":
         assert bool((got.class_maps >= 0).all())
 
@@ -404,7 +580,7 @@ def test_fused_blocks_match_slow_loop_and_plain_autograd(method, model_name, mon
     make_top = _fusion.TopShortcut.make
     monkeypatch.setattr(_fusion.TopShortcut, "make",
                         staticmethod(lambda *a: tops.append(make_top(*a)) or tops[-1]))
-    fused = clear_native.Clear(model, method, class_chunk=1)(x, keep_class_maps=True)
+    fused = clear_native.Clear(model, method, signal="logit", class_chunk=1)(x, keep_class_maps=True)
     shortcut = method == "deconvnet" and TOP_SHORTCUT[model_name]
     assert [t is not None for t in tops] == [shortcut]
     # the batch's forward pass, then the one-image pass of the shortcut
@@ -413,8 +589,31 @@ def test_fused_blocks_match_slow_loop_and_plain_autograd(method, model_name, mon
     assert routes.rectified[0] == (rectified if method == "deconvnet" else [False] * len(rectified))
     torch.testing.assert_close(fused.class_maps, slow_maps(model, x, method))
     monkeypatch.setattr(explain_mod, "FUSE_BLOCKS", False)
-    plain = clear_native.Clear(model, method, class_chunk=1)(x, keep_class_maps=True)
+    plain = clear_native.Clear(model, method, signal="logit", class_chunk=1)(x, keep_class_maps=True)
     assert len(routes) == 1 + shortcut  # no fused pass this time
+    torch.testing.assert_close(fused.class_maps, plain.class_maps)
+    assert_dominance(fused, fused.class_maps, fused.prediction)
+
+
+@pytest.mark.parametrize("model_name", ["secondusenet", "below", "below_used_twice", "gap", "flatten"])
+@pytest.mark.parametrize("method", BACKPROP)
+def test_fused_blocks_response_signal(method, model_name, monkeypatch):
+    """Response signal, one class per pass: the routes are chosen from the graph below the
+    feature layer (same as from the logits here), no one-image top, same maps as torch's
+    own nodes and as the batched pass."""
+    model, x = make(model_name, n=3)
+    routes = _routes(monkeypatch)
+    fused = clear_native.Clear(model, method, class_chunk=1)(x, keep_class_maps=True)
+    # SecondUseNet's last max-pool is its global pooling: its input is the feature layer;
+    # BelowNet(second_use=True) pools its first ReLU output last: that is the feature layer,
+    # both blocks lie above it (head) and take the plain route
+    special = {"secondusenet": [False, False], "below_used_twice": [False, False]}
+    assert routes == [special.get(model_name, FUSED_ROUTES[model_name])]
+    batched = clear_native.Clear(model, method, class_chunk=NUM_CLASSES)(x, keep_class_maps=True)
+    torch.testing.assert_close(fused.class_maps, batched.class_maps)
+    monkeypatch.setattr(explain_mod, "FUSE_BLOCKS", False)
+    plain = clear_native.Clear(model, method, class_chunk=1)(x, keep_class_maps=True)
+    assert len(routes) == 1
     torch.testing.assert_close(fused.class_maps, plain.class_maps)
     assert_dominance(fused, fused.class_maps, fused.prediction)
 
@@ -423,9 +622,12 @@ def test_fused_blocks_float64_and_model_unchanged():
     model, x = make("bn", n=3)
     model = model.double()
     before = snapshot(model)
-    got = clear_native.Clear(model, "deconvnet", class_chunk=1)(x.double(), keep_class_maps=True)
+    got = clear_native.Clear(model, "deconvnet", signal="logit", class_chunk=1)(x.double(), keep_class_maps=True)
     assert got.class_maps.dtype == torch.float64
     torch.testing.assert_close(got.class_maps, slow_maps(model, x.double(), "deconvnet"))
+    got = clear_native.Clear(model, "deconvnet", class_chunk=1)(x.double(), keep_class_maps=True)
+    assert got.class_maps.dtype == torch.float64
+    torch.testing.assert_close(got.class_maps, slow_response_maps(model, x.double(), "deconvnet", "bn"))
     assert_unchanged(model, before)
 
 
@@ -614,7 +816,8 @@ def test_no_memory_growth():
     model, x = make("functional", n=1, size=8)
     explainer = clear_native.Clear(model, "guided")
     cam = clear_native.Clear(model, "cam")
-    fused = clear_native.Clear(model, "deconvnet", class_chunk=1)  # fused blocks + one-image top
+    fused = clear_native.Clear(model, "deconvnet", class_chunk=1)  # fused blocks, response signal
+    fused_logit = clear_native.Clear(model, "deconvnet", signal="logit", class_chunk=1)  # one-image top
 
     def live_tensors():
         gc.collect()
@@ -624,11 +827,13 @@ def test_no_memory_growth():
         explainer(x)
         cam(x)
         fused(x)
+        fused_logit(x)
     before = live_tensors()
     for _ in range(200):
         explainer(x)
         cam(x)
         fused(x)
+        fused_logit(x)
     assert live_tensors() <= before
     tracemalloc.start()
     snap0 = tracemalloc.take_snapshot()
