@@ -34,13 +34,19 @@ every image of DATA with CLEAR and writes, under ``OUT``:
 ``OUT/errors.json``  ``[{"index", "key", "reason"}]`` of the images that were skipped.
 ``OUT/manifest.json``  arguments, versions, model / data fingerprints, shapes, counts,
     errors and the time spent reading data, explaining and writing. Written last: its
-    presence means the run is complete.
-``OUT/run.json``, ``OUT/arrays.json``, ``OUT/chunks/*.json``  the run's identity, the
-    arrays' creation record and one commit record per chunk (written with write-then-rename after the chunk's arrays are written).
+    presence means the run is complete. ``arguments.signal`` and ``identity.signal``
+    hold the back-projected signal actually used (``"response"``: the class map's
+    response, the default of deconvnet / guided / gradient; ``"logit"``: the gradient
+    of the class logit, ``--signal logit``; ``null`` for ``--method cam``).
+``OUT/run.json``, ``OUT/arrays.json``, ``OUT/chunks/*.json``  the run's identity (the
+    options that change the results, ``signal`` included), the arrays' creation record
+    and one commit record per chunk (written with write-then-rename after the chunk's
+    arrays are written).
 
 A run killed at any moment and started again with the same arguments redoes only the
 chunks without a commit record, and ends with the same results as an uninterrupted run.
-Another model / data / result-changing option under the same OUT is refused unless
+Another model / data / result-changing option (``--method``, ``--signal``, ...) under the
+same OUT is refused, naming the options that differ and their two values, unless
 ``--overwrite`` (which always starts afresh, deleting what OUT holds). Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK set) chunk ``k`` is
 explained by rank ``k % WORLD_SIZE``; rank 0 writes the table and manifest once every
 rank is done. The results do not depend on the number of processes, and a run may be
@@ -50,7 +56,9 @@ torchrun the launcher reports any non-zero status as a failure).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -91,6 +99,7 @@ class BatchOptions:
     model: str | None = None
     data: str | None = None
     method: str = "deconvnet"
+    signal: str | None = None     # "response" / "logit"; None: the method's default (none for "cam")
     classes: str = "all"          # "all", "top-K" or a comma-separated list of class ids
     batch_size: int = 64          # images per batch = per Zarr chunk = per commit
     device: str = "cpu"           # "cpu", "cuda", "cuda:1", "auto"
@@ -103,11 +112,20 @@ class BatchOptions:
     overwrite: bool = False
     progress: bool = True
 
+    def resolved_signal(self) -> str | None:
+        """The signal the run back-projects: ``signal``, or the method's default
+        (:data:`clear_native.explain.DEFAULT_SIGNAL`); None for ``"cam"``."""
+        from clear_native.explain import DEFAULT_SIGNAL
+
+        if self.signal is not None:
+            return self.signal
+        return DEFAULT_SIGNAL.get(self.method)
+
     def identity(self) -> dict:
         """The options that change the results (compared when resuming)."""
         return {k: getattr(self, k) for k in ("method", "classes", "batch_size", "dtype", "autocast",
                                               "response_dtype", "table")} | {
-            "store": sorted(self.store)}
+            "signal": self.resolved_signal(), "store": sorted(self.store)}
 
 
 @dataclass
@@ -282,12 +300,13 @@ class _Collate:
 
 # -- the run ------------------------------------------------------------------------------
 
-def _default_explainer(model: torch.nn.Module, method: str):
+def _default_explainer(model: torch.nn.Module, method: str, signal: str | None = None):
+    """:class:`clear_native.Clear` for ``method`` (``signal``: None = the method's default)."""
     import clear_native
 
     if not hasattr(clear_native, "Clear"):
         raise BatchError("clear_native.Clear is not available in this build")
-    return clear_native.Clear(model, method=method)
+    return clear_native.Clear(model, method=method, signal=signal)
 
 
 def _resolve_device(device: str, dist: _Dist) -> torch.device:
@@ -317,6 +336,14 @@ def _check_options(o: BatchOptions) -> None:
         raise BatchError(f"--dtype must be one of {sorted(_DTYPES)}, got {o.dtype!r}")
     if o.autocast not in (None, "bfloat16", "float16"):
         raise BatchError(f"--autocast must be bfloat16 or float16, got {o.autocast!r}")
+    from clear_native.explain import DEFAULT_SIGNAL, SIGNALS
+
+    if o.signal is not None:
+        if o.signal not in SIGNALS:
+            raise BatchError(f"--signal must be one of {', '.join(SIGNALS)}, got {o.signal!r}")
+        if o.method not in DEFAULT_SIGNAL:
+            raise BatchError(f"--signal applies to the back-projection methods ({', '.join(DEFAULT_SIGNAL)}); "
+                             f"--method {o.method} projects its class maps directly: drop --signal")
     if o.response_dtype not in ("float16", "float32"):
         raise BatchError(f"--response-dtype must be float16 or float32, got {o.response_dtype!r}")
     if o.table not in ("parquet", "csv"):
@@ -347,10 +374,24 @@ def _probe(items: _Items, explain: Callable, device, dtype, autocast_ctx, classe
     for i in range(n):
         _, img, _, err = items[i]
         if err is None:
-            with autocast_ctx():
-                maps = explain(img[None].to(device, dtype), None, classes)
+            try:
+                with autocast_ctx():
+                    maps = explain(img[None].to(device, dtype), None, classes)
+            except ValueError as e:  # Clear's message for a model it cannot explain this way
+                raise BatchError(f"cannot explain this model with these options (--method / --signal / "
+                                 f"--classes): {e}") from e
             return tuple(img.shape), tuple(maps.dominant_class.shape[1:]), int(maps.logits.shape[1])
     raise BatchError("no image of DATA could be read (every item failed); nothing to explain")
+
+
+def _shown(identity: dict, key: str) -> str:
+    """``identity[key]`` for a message (fingerprints shortened; absent: not recorded)."""
+    if key not in identity:
+        return "(not recorded)"
+    v = identity[key]
+    if isinstance(v, str) and len(v) > 24:
+        v = v[:12] + "..."
+    return json.dumps(v)
 
 
 def _prepare_out(out: Path, identity: dict, overwrite: bool) -> bool:
@@ -367,8 +408,9 @@ def _prepare_out(out: Path, identity: dict, overwrite: bool) -> bool:
                 raise BatchError(f"--out {str(out)!r} is not empty and holds no clear-native run; "
                                  "choose another folder or pass --overwrite to replace its contents")
             diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-            raise BatchError(f"--out {str(out)!r} holds a different run (differs in: {', '.join(diff)}); "
-                             "use another --out, the same arguments to resume, or --overwrite")
+            values = ", ".join(f"{k} {_shown(old, k)} in OUT, {_shown(identity, k)} now" for k in diff)
+            raise BatchError(f"--out {str(out)!r} holds a different run (differs in: {', '.join(diff)}): "
+                             f"{values}; use another --out, the same arguments to resume, or --overwrite")
         for child in out.iterdir():
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -440,7 +482,12 @@ def run(options: BatchOptions, *, explainer: Callable[[torch.nn.Module, str], Ca
         options: the run's arguments (see :class:`BatchOptions`).
         explainer: ``explainer(model, method)`` -> a callable
             ``(images (N, ch, H, W), target, classes)`` returning an object with the
-            fields of :class:`clear_native.ClearMaps` (default: :class:`clear_native.Clear`).
+            fields of :class:`clear_native.ClearMaps` (default:
+            ``clear_native.Clear(model, method, signal=options.signal)``). A custom hook
+            is still called with ``(model, method)`` only: it chooses its own signal,
+            and when the object it returns has a ``signal`` attribute (as ``Clear``
+            has), that must equal the run's (``options.resolved_signal()``, which the
+            manifest records), else :class:`BatchError`.
         model, data: already loaded inputs (default: from ``options.model`` / ``.data``).
 
     Returns:
@@ -469,8 +516,13 @@ def _run(o, dist, explainer, loaded, source, t_start) -> BatchSummary:
     if n == 0:
         raise BatchError(f"--data {source.spec!r} holds no items")
     model = loaded.model.to(device=device, dtype=dtype)
-    make = explainer or _default_explainer
+    signal = o.resolved_signal()
+    make = explainer or functools.partial(_default_explainer, signal=o.signal)
     ex = make(model, o.method)
+    ex_signal = getattr(ex, "signal", signal)
+    if ex_signal != signal:
+        raise BatchError(f"the explainer back-projects signal {ex_signal!r}, but the run's signal is "
+                         f"{signal!r} (--signal); make them agree")
 
     def explain(images, target, cls):
         if isinstance(cls, list) and target is None:
@@ -692,7 +744,7 @@ def _finalize(out, o, loaded, source, identity, n, img_shape, map_shape, num_cla
     images_run = sum(g["images_run"] for g in gathered)
     manifest = {
         "format": FORMAT,
-        "arguments": asdict(o) | {"store": list(o.store)},
+        "arguments": asdict(o) | {"store": list(o.store), "signal": o.resolved_signal()},
         "versions": _versions(),
         "model": {"spec": loaded.spec, "kind": loaded.kind, "class": type(loaded.model).__name__,
                   "fingerprint": loaded.fingerprint},
@@ -757,14 +809,30 @@ def _write_table(out: Path, rows: list[dict], fmt: str) -> None:
 
 # -- command line -------------------------------------------------------------------------
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, keeping the line breaks written in an option's help."""
+
+    def _split_lines(self, text, width):
+        split = super()._split_lines
+        return [line for part in text.splitlines() for line in split(part, width)]
+
+
 def add_arguments(p) -> None:
     """The ``explain`` subcommand's options."""
+    if p.formatter_class is argparse.HelpFormatter:
+        p.formatter_class = _HelpFormatter
     p.add_argument("--model", help="package.module:factory (returns a module or (module, preprocess)), "
                    "a TorchScript file or a torch.export .pt2 file; default: the built-in MNIST model")
     p.add_argument("--data", help="a folder of images (class sub-folders give labels), an .npz/.npy "
                    "array, or package.module:function returning a data set; default: the built-in MNIST sample")
     p.add_argument("--out", required=True, help="output folder (created; resumed when it holds the same run)")
     p.add_argument("--method", default="deconvnet", choices=("deconvnet", "guided", "gradient", "cam"))
+    from clear_native.explain import SIGNALS
+
+    p.add_argument("--signal", default=None, choices=SIGNALS,
+                   help="what deconvnet / guided / gradient send down for each class (not with --method cam):\n"
+                        "response (default): the class map's rectified response at the last feature layer (paper)\n"
+                        "logit: the gradient of the class logit (earlier releases; as Captum's attributions)")
     p.add_argument("--classes", default="all", help="'all', 'top-K' or a comma-separated list of class ids")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch and per Zarr chunk (64)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cpu)")
@@ -783,7 +851,7 @@ def add_arguments(p) -> None:
 def options_from_args(args) -> BatchOptions:
     store = tuple(s.strip() for s in args.store.split(",") if s.strip())
     return BatchOptions(out=args.out, model=args.model, data=args.data, method=args.method,
-                        classes=args.classes, batch_size=args.batch_size, device=args.device,
+                        signal=args.signal, classes=args.classes, batch_size=args.batch_size, device=args.device,
                         dtype=args.dtype, autocast=args.autocast, workers=args.workers, store=store,
                         response_dtype=args.response_dtype, table=args.table, overwrite=args.overwrite,
                         progress=args.progress)

@@ -257,11 +257,13 @@ def test_saved_model_files(tmp_path, fmt):
     out, data = tmp_path / "out", tmp_path / "d.npz"
     images = _images(48)[0]
     np.savez(data, images=images)
+    # --signal logit: the response signal needs the feature map entering the global
+    # pooling, which a TorchScript / exported graph does not expose as a module
     assert explain("--model", path, "--data", data, "--out", out, "--batch-size", 32,
-                   "--method", "gradient", "--classes", "top-3") == 0
+                   "--method", "gradient", "--signal", "logit", "--classes", "top-3") == 0
     x = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]
-    want = torch.cat([clear_native.Clear(tiny_model(), method="gradient")(x[s:s + 32], classes=3).dominant_class
-                      for s in range(0, 48, 32)])
+    explainer = clear_native.Clear(tiny_model(), method="gradient", signal="logit")
+    want = torch.cat([explainer(x[s:s + 32], classes=3).dominant_class for s in range(0, 48, 32)])
     np.testing.assert_array_equal(_arrays(out)["dominant_class"], want.numpy())
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["kind"] == fmt
@@ -369,3 +371,125 @@ def test_class_list(tmp_path):
     assert set(np.unique(got["dominant_class"])) <= {0, 2, 4}
     for f in ("dominant_class", "target", "target_response", "rival_class", "prediction"):
         np.testing.assert_array_equal(got[f], getattr(want, f).detach().numpy().astype(got[f].dtype), err_msg=f)
+
+
+# -- --signal -----------------------------------------------------------------------------
+
+def _small_npz(tmp_path, n=24):
+    images = _images(n, seed=3)[0]
+    path = tmp_path / "small.npz"
+    np.savez(path, images=images)
+    return path, torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]
+
+
+def _recorded_signal(out):
+    manifest = json.loads((Path(out) / "manifest.json").read_text())
+    run_json = json.loads((Path(out) / "run.json").read_text())
+    assert manifest["arguments"]["signal"] == manifest["identity"]["signal"] == run_json["signal"]
+    return manifest["arguments"]["signal"]
+
+
+def test_signal_recorded_and_passed_through(tmp_path):
+    data, x = _small_npz(tmp_path)
+    common = ["--model", MODEL, "--data", data, "--batch-size", 24, "--response-dtype", "float32"]
+    default, logit, cam = tmp_path / "default", tmp_path / "logit", tmp_path / "cam"
+    assert explain(*common, "--out", default) == 0
+    assert explain(*common, "--out", logit, "--signal", "logit") == 0
+    assert explain(*common, "--out", cam, "--method", "cam") == 0
+    assert _recorded_signal(default) == clear_native.explain.DEFAULT_SIGNAL["deconvnet"] == "response"
+    assert _recorded_signal(logit) == "logit"
+    assert _recorded_signal(cam) is None
+
+    got, base = _arrays(logit), _arrays(default)
+    want = clear_native.Clear(tiny_model(), "deconvnet", signal="logit")(x)
+    assert want.signal == "logit"
+    for f in ("dominant_class", "dominant_response", "prediction", "logits"):
+        np.testing.assert_array_equal(got[f], getattr(want, f).detach().numpy().astype(got[f].dtype), err_msg=f)
+    # the flag reaches Clear: the logit maps are not the default (response) maps
+    assert not np.array_equal(got["dominant_response"], base["dominant_response"])
+    assert (got["dominant_class"] != base["dominant_class"]).any()
+    np.testing.assert_array_equal(got["prediction"], base["prediction"])
+
+
+def _snapshot(out):
+    return {str(p.relative_to(out)): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
+            for p in sorted(Path(out).rglob("*"))}
+
+
+def test_resume_with_another_signal_is_refused(tmp_path, capsys):
+    data, _ = _small_npz(tmp_path)
+    out = tmp_path / "out"
+    common = ["--model", MODEL, "--data", data, "--out", out, "--batch-size", 12]
+    assert explain(*common) == 0
+    capsys.readouterr()
+    # the explicit default is the same run: resumed (nothing left to do)
+    assert explain(*common, "--signal", "response") == 0
+    assert "chunks 0 of 2 run now" in capsys.readouterr().err
+    before = _snapshot(out)
+    assert explain(*common, "--signal", "logit") == 2
+    err = capsys.readouterr().err
+    assert "holds a different run (differs in: signal): signal \"response\" in OUT, \"logit\" now" in err
+    assert "--overwrite" in err
+    assert _snapshot(out) == before
+    # the message names every differing field with both values
+    assert explain(*common, "--method", "cam") == 2
+    assert ("differs in: method, signal): method \"deconvnet\" in OUT, \"cam\" now, "
+            "signal \"response\" in OUT, null now") in capsys.readouterr().err
+    assert _snapshot(out) == before
+    assert explain(*common, "--signal", "logit", "--overwrite") == 0
+    assert _recorded_signal(out) == "logit"
+
+
+def test_signal_with_cam_is_a_usage_error(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert explain("--model", MODEL, "--data", _small_npz(tmp_path)[0], "--out", out,
+                   "--method", "cam", "--signal", "logit") == 2
+    err = capsys.readouterr().err
+    assert "clear-native explain: error: --signal applies to the back-projection methods" in err
+    assert "--method cam" in err
+    assert not out.exists()
+    with pytest.raises(SystemExit) as e:
+        cli.main(["explain", "--out", str(out), "--signal", "colour"])
+    assert e.value.code == 2
+    assert "invalid choice: 'colour'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["explain", "--help"])
+    help_text = capsys.readouterr().out
+    assert "\n                        response (default): " in help_text
+    assert "\n                        logit: the gradient of the class logit" in help_text
+
+
+def test_explainer_hook_and_signal(tmp_path):
+    from clear_native.batch import BatchError, BatchOptions, run
+
+    data, x = _small_npz(tmp_path, 12)
+    calls = []
+
+    def hook(model, method):  # the (model, method) hook of earlier releases
+        calls.append(method)
+        return clear_native.Clear(model, method)
+
+    o = BatchOptions(out=str(tmp_path / "a"), model=MODEL, data=str(data), batch_size=12, progress=False)
+    assert run(o, explainer=hook).exit_code == 0 and calls == ["deconvnet"]
+    assert _recorded_signal(tmp_path / "a") == "response"
+    # a hook whose explainer back-projects another signal than the run records is refused
+    o = BatchOptions(out=str(tmp_path / "b"), model=MODEL, data=str(data), batch_size=12, progress=False,
+                     signal="logit")
+    with pytest.raises(BatchError, match="back-projects signal 'response', but the run's signal is 'logit'"):
+        run(o, explainer=hook)
+    assert run(o, explainer=lambda m, method: clear_native.Clear(m, method, signal="logit")).exit_code == 0
+    assert _recorded_signal(tmp_path / "b") == "logit"
+
+
+def test_model_the_explainer_cannot_explain_is_a_usage_error(tmp_path):
+    from clear_native.batch import BatchError, BatchOptions, run
+
+    def hook(model, method):
+        def explain(images, target=None, classes=None):
+            raise ValueError("signal='response' needs the last spatial feature map")
+        return explain
+
+    o = BatchOptions(out=str(tmp_path / "out"), model=MODEL, data=str(_small_npz(tmp_path, 4)[0]), progress=False)
+    with pytest.raises(BatchError, match="cannot explain this model with these options .*feature map"):
+        run(o, explainer=hook)
+    assert not (tmp_path / "out").exists()
