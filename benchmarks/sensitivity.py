@@ -1,0 +1,99 @@
+"""Class sensitivity of every method, signal, channel reduction and rectification.
+
+    python benchmarks/sensitivity.py                      # shipped MNIST model, first 1000 test images
+    python benchmarks/sensitivity.py --dataset fashion-mnist --limit 500
+    python benchmarks/sensitivity.py --json out.json
+
+The table that decided ``Clear``'s defaults (README, "Class sensitivity"): for each
+configuration, :func:`clear_native.metrics.class_sensitivity` on the same images:
+the predicted class's share of the strong pixels of correctly classified images, the
+true / predicted class's share on misclassified ones, the class agreement after
+randomising the class head (lower = the maps depend on the head) and the causal
+effect (deleting the pixels a class dominates lowers that class's logit, relative to
+the others, more than deleting as many other strong pixels; > 0 is causal).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+
+import torch
+
+import clear_native
+from clear_native import metrics
+from clear_native.data import load_dataset, load_sample
+
+BACKPROP = ("deconvnet", "guided", "gradient")
+
+
+def configurations(channels: int, full: bool):
+    """(method, kwargs) pairs: both signals; the reductions and rectification where they
+    differ (one input channel: ``l2`` equals ``max_abs``)."""
+    reductions = ("sum", "max_abs") if channels == 1 else ("sum", "max_abs", "l2")
+    yield "cam", {}
+    for method in BACKPROP:
+        for reduce, rectify in itertools.product(reductions if full else ("sum",), (True, False) if full else (True,)):
+            yield method, {"signal": "response", "channel_reduce": reduce, "rectify": rectify}
+        for reduce in reductions if full else ("sum",):
+            yield method, {"signal": "logit", "channel_reduce": reduce}
+
+
+def measure(model, x, y, method, kwargs, head_images: int, batch: int = 256) -> dict:
+    explainer = clear_native.Clear(model, method, **kwargs)
+    t0 = time.perf_counter()
+    parts = [explainer(x[s:s + batch]) for s in range(0, x.shape[0], batch)]
+    seconds = time.perf_counter() - t0
+    maps = type("Maps", (), {k: torch.cat([getattr(p, k) for p in parts]) for k in
+                             ("dominant_class", "dominant_response", "prediction")})
+    xs = x[:head_images]
+    sens = metrics.class_sensitivity(model, x, y, maps,
+                                     explain=lambda m: clear_native.Clear(m, method, **kwargs)(xs))
+    row = {"method": method, **kwargs, "seconds": round(seconds, 2)}
+    row.update({k: v for k, v in sens.as_dict().items() if k != "causal_effect_per_class"})
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| method | signal | channel_reduce | rectify | share of strong pixels: predicted (correct) "
+           "| true / predicted (wrong) | head-randomised agreement | causal effect (pairs) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['method']} | {r.get('signal', '-')} | {r.get('channel_reduce', '-')} | "
+                   f"{r.get('rectify', '-') if r.get('signal') == 'response' else '-'} | "
+                   f"{100 * r['share_predicted_correct']:.1f}% | {100 * r['share_true_wrong']:.1f}% / "
+                   f"{100 * r['share_predicted_wrong']:.1f}% | {100 * r['head_randomised_agreement']:.1f}% | "
+                   f"{r['causal_effect']:+.3f} ({r['causal_pairs']}) |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    p.add_argument("--split", default="test", choices=["test", "sample"])
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--head-images", type=int, default=256, help="images for the head randomisation")
+    p.add_argument("--defaults-only", action="store_true", help="sum reduction, rectified only")
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    model = clear_native.load_pretrained(a.dataset)
+    data = load_sample(a.dataset) if a.split == "sample" else load_dataset(a.dataset, a.split)
+    x, y = data.tensors()
+    x, y = x[:a.limit], y[:a.limit]
+    acc = float((model(x).argmax(1) == y).float().mean())
+    print(f"{a.dataset} {a.split}, first {x.shape[0]} images, accuracy {100 * acc:.2f}%, "
+          f"chance {100 / model(x[:1]).shape[1]:.0f}%, strong pixels: dominant response >= 0.2 x image max")
+    rows = []
+    for method, kwargs in configurations(x.shape[1], not a.defaults_only):
+        rows.append(measure(model, x, y, method, kwargs, a.head_images))
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(table(rows))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"dataset": a.dataset, "images": int(x.shape[0]), "accuracy": acc, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
