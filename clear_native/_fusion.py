@@ -215,7 +215,8 @@ class fused_relu_rule(relu_rule):
         x = _arg(args, kwargs, 0, "input")
         src = self._lookup(x, ("conv", "scale"))
         out = super()._dispatch(func, types, args, kwargs)
-        if src is not None and isinstance(out, torch.Tensor) and isinstance(out.grad_fn, _RELU_NODES):
+        if (src is not None and isinstance(out, torch.Tensor) and isinstance(out.grad_fn, _RELU_NODES)
+                and out.grad_fn.upper is None):  # ReLU6's mask is not the pooled-output sign
             self._keep(_Produced(out, out._version, "relu", src=src, nodes=src.nodes + (out.grad_fn,)))
         return out
 

@@ -14,8 +14,13 @@ in-place forms) and of ``threshold(x, 0, 0)`` runs a custom
 :class:`torch.autograd.Function` with the same forward and the chosen backward.
 ``nn.ReLU`` calls ``F.relu``, so modules, functional calls, in-place calls and
 activation modules used several times are all covered, and the model itself is
-never modified. Other activations (ReLU6, LeakyReLU, GELU, ...) keep their
-ordinary gradient.
+never modified.
+
+ReLU6 and ``hardtanh(x, 0, t)`` (``nn.ReLU6``, ``F.relu6``, ``F.hardtanh`` with
+``min_val=0``, in place or not) are ReLUs clipped at ``t``: the same rules with the
+forward mask ``0 < x < t`` (deconvnet ignores the forward values as for ReLU). Other
+activations (LeakyReLU, GELU, SiLU, ...) keep their ordinary gradient; ``applied``
+counts the activations a rule reached, so that the caller can say when there was none.
 
 With ``watch_features=True`` the mode also records the *feature layer* of the model:
 the input of the last call that reduces a 4-D map ``(N, K, h, w)`` (h w > 1) to no
@@ -43,12 +48,15 @@ class _HeadTag:
         self.plain = False
 
 
-def _save_mask(ctx, rule: str, x: torch.Tensor, tag: _HeadTag | None) -> None:
-    ctx.rule, ctx.tag = rule, tag
+def _save_mask(ctx, rule: str, x: torch.Tensor, tag: _HeadTag | None, upper: float | None) -> None:
+    ctx.rule, ctx.tag, ctx.upper = rule, tag, upper
     ctx.set_materialize_grads(False)
     # deconvnet ignores the forward activation: nothing to keep (unless the ReLU may
     # turn out to be part of the head, whose gradient is plain).
-    ctx.save_for_backward(None if rule == "deconvnet" and tag is None else x > 0)
+    if rule == "deconvnet" and tag is None:
+        ctx.save_for_backward(None)
+    else:
+        ctx.save_for_backward(x > 0 if upper is None else (x > 0) & (x < upper))
 
 
 def _rule(ctx) -> str:
@@ -65,43 +73,46 @@ def _backward(rule: str, grad: torch.Tensor, mask: torch.Tensor | None) -> torch
 
 
 class _ReLU(torch.autograd.Function):
-    """Out-of-place ReLU with a selectable backward rule."""
+    """Out-of-place ReLU (clipped at ``upper`` for ReLU6) with a selectable backward rule."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, rule: str, tag: _HeadTag | None = None) -> torch.Tensor:
-        _save_mask(ctx, rule, x, tag)
-        return x.clamp(min=0)
+    def forward(ctx, x: torch.Tensor, rule: str, tag: _HeadTag | None = None,
+                upper: float | None = None) -> torch.Tensor:
+        _save_mask(ctx, rule, x, tag, upper)
+        return x.clamp(min=0, max=upper)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor | None):
         if grad is None:  # no signal reached this ReLU (see clear_native._fusion)
-            return None, None, None
+            return None, None, None, None
         (mask,) = ctx.saved_tensors
-        return _backward(_rule(ctx), grad, mask), None, None
+        return _backward(_rule(ctx), grad, mask), None, None, None
 
 
 class _ReLUInplace(torch.autograd.Function):
     """In-place ReLU (``relu_``) with a selectable backward rule."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, rule: str, tag: _HeadTag | None = None) -> torch.Tensor:
-        _save_mask(ctx, rule, x, tag)  # a new tensor: unaffected by the in-place write
-        x.clamp_(min=0)
+    def forward(ctx, x: torch.Tensor, rule: str, tag: _HeadTag | None = None,
+                upper: float | None = None) -> torch.Tensor:
+        _save_mask(ctx, rule, x, tag, upper)  # a new tensor: unaffected by the in-place write
+        x.clamp_(min=0, max=upper)
         ctx.mark_dirty(x)
         return x
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor | None):
         if grad is None:
-            return None, None, None
+            return None, None, None, None
         (mask,) = ctx.saved_tensors
-        return _backward(_rule(ctx), grad, mask), None, None
+        return _backward(_rule(ctx), grad, mask), None, None, None
 
 
 _OUT_OF_PLACE = {torch.relu, torch.Tensor.relu}
 _IN_PLACE = {torch.relu_, torch.Tensor.relu_, F.relu_}
 _THRESHOLD = {F.threshold, torch.threshold}
 _THRESHOLD_IN_PLACE = {F.threshold_, torch.threshold_}
+_HARDTANH = {F.hardtanh, F.hardtanh_, F.relu6}
 
 
 def _arg(args: tuple, kwargs: dict, pos: int, name: str, default=None):
@@ -149,6 +160,7 @@ class relu_rule(TorchFunctionMode):
         self._seq = 0
         self._feature: tuple | None = None  # (tensor, version, seq)
         self._tags: list[tuple[int, _HeadTag]] = []
+        self.applied = 0  # activations that took the rule
 
     def mark_feature(self, t) -> None:
         """Records ``t`` as the feature layer (the latest call wins)."""
@@ -190,17 +202,33 @@ class relu_rule(TorchFunctionMode):
     def _dispatch(self, func, types, args, kwargs):
         x = _arg(args, kwargs, 0, "input")
         if isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled():
-            if func is F.relu:
-                fn = _ReLUInplace if _arg(args, kwargs, 1, "inplace", False) else _ReLU
-                return fn.apply(x, self.rule, self._tag())
-            if func in _OUT_OF_PLACE:
-                return _ReLU.apply(x, self.rule, self._tag())
-            if func in _IN_PLACE:
-                return _ReLUInplace.apply(x, self.rule, self._tag())
-            if func in _THRESHOLD or func in _THRESHOLD_IN_PLACE:
-                th, value = _arg(args, kwargs, 1, "threshold"), _arg(args, kwargs, 2, "value")
-                if th == 0 and value == 0:
-                    inplace = func in _THRESHOLD_IN_PLACE or (
-                        func is F.threshold and _arg(args, kwargs, 3, "inplace", False))
-                    return (_ReLUInplace if inplace else _ReLU).apply(x, self.rule, self._tag())
+            fn, upper = self._relu_kind(func, args, kwargs)
+            if fn is not None:
+                self.applied += 1
+                return fn.apply(x, self.rule, self._tag(), upper)
         return func(*args, **kwargs)
+
+    @staticmethod
+    def _relu_kind(func, args, kwargs):
+        """(autograd function, clip value or None) for a ReLU-family call, else (None, None)."""
+        if func is F.relu:
+            return (_ReLUInplace if _arg(args, kwargs, 1, "inplace", False) else _ReLU), None
+        if func in _OUT_OF_PLACE:
+            return _ReLU, None
+        if func in _IN_PLACE:
+            return _ReLUInplace, None
+        if func in _THRESHOLD or func in _THRESHOLD_IN_PLACE:
+            th, value = _arg(args, kwargs, 1, "threshold"), _arg(args, kwargs, 2, "value")
+            if th == 0 and value == 0:
+                inplace = func in _THRESHOLD_IN_PLACE or (
+                    func is F.threshold and _arg(args, kwargs, 3, "inplace", False))
+                return (_ReLUInplace if inplace else _ReLU), None
+        if func in _HARDTANH:
+            if func is F.relu6:
+                low, high, inplace = 0.0, 6.0, _arg(args, kwargs, 1, "inplace", False)
+            else:
+                low, high = _arg(args, kwargs, 1, "min_val", -1.0), _arg(args, kwargs, 2, "max_val", 1.0)
+                inplace = func is F.hardtanh_ or _arg(args, kwargs, 3, "inplace", False)
+            if low == 0 and isinstance(high, (int, float)) and high > 0:
+                return (_ReLUInplace if inplace else _ReLU), float(high)
+        return None, None

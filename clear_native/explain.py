@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from dataclasses import dataclass, fields
 
 import torch
@@ -245,6 +246,7 @@ class Clear:
             raise TypeError(f"Clear: rectify must be a bool, got {type(rectify).__name__}")
         self.model = model
         self.method = method
+        self._warned_no_rule = False
         self.signal = signal
         self.rectify = rectify
         self._layer_module = _named_module(model, layer) if layer is not None and method != "cam" else None
@@ -324,6 +326,7 @@ class Clear:
                 with rule as mode, _feature_hook(self._layer_module, mode):
                     logits = self.model(x)
                 _check_logits(logits, images)
+                self._check_rule_applied(mode)
                 if not logits.requires_grad:
                     raise ValueError(
                         f"Clear(method={self.method!r}): the model's output does not depend "
@@ -368,6 +371,18 @@ class Clear:
                        torch.cat(kept, 1) if keep else None, c)
         maps.signal = self.signal
         return maps, fuse and bool(mode.sites)
+
+    def _check_rule_applied(self, mode) -> None:
+        """Warns (once per explainer) where the method's rule found no activation to act on."""
+        if self.method == "gradient" or mode.applied or self._warned_no_rule:
+            return
+        self._warned_no_rule = True
+        warnings.warn(
+            f"Clear(method={self.method!r}) on {type(self.model).__name__}: no ReLU-family activation "
+            "was called in the forward pass, so the rule changes nothing and these maps are plain "
+            "gradients (method='gradient'). The rules reach ReLU, ReLU6 and hardtanh(x, 0, t) as "
+            "modules, functions, methods or in place; not smooth activations (GELU, SiLU, ...) nor "
+            "activations inside TorchScript or exported graphs", UserWarning, stacklevel=4)
 
     @staticmethod
     def _class_grad(source, top, table, logits, x, grad_out, start, last) -> torch.Tensor:

@@ -468,7 +468,7 @@ def test_response_feature_layer_and_errors():
             return torch.logsumexp(self.conv(t), dim=(2, 3))
 
     with pytest.raises(ValueError, match="needs the last spatial feature map.*layer=.*signal='logit'"):
-        clear_native.Clear(NoPooling().eval(), "deconvnet")(x)
+        clear_native.Clear(NoPooling().eval(), "gradient")(x)
     with pytest.raises(ValueError, match="signal must be one of"):
         clear_native.Clear(model, "deconvnet", signal="gradient")
     with pytest.raises(ValueError, match="signal= applies to the back-projection methods"):
@@ -488,6 +488,75 @@ def test_response_head_relus_take_the_plain_gradient():
     # the feature-layer ReLU (below f) does take the rule: differs from plain gradients
     grad = clear_native.Clear(model, "gradient")(x, keep_class_maps=True)
     assert not torch.allclose(got.class_maps, grad.class_maps)
+
+
+class Relu6Net(nn.Module):
+    """MobileNet / EfficientNet-Lite style activations: nn.ReLU6, F.relu6, hardtanh(0, t)."""
+
+    def __init__(self, c=NUM_CLASSES):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.act = nn.ReLU6(inplace=True)
+        self.fc = nn.Linear(8, c)
+
+    def forward(self, x):
+        y = F.max_pool2d(self.act(3 * self.c1(x)), 2)
+        y = F.hardtanh(3 * self.c2(y), 0.0, 2.0)
+        y = F.relu6(4 * self.c3(y))
+        return self.fc(y.mean((2, 3)))
+
+
+def _relu6_slow_maps(model, x, method):
+    """Per class, through tensor hooks: deconvnet rectifies the backward signal at every
+    clipped ReLU, guided also masks it by 0 < input < t, gradient masks only."""
+    def hooked(t, upper):
+        y = t.clamp(0, upper)
+        if method == "gradient":
+            return y
+        y = t + (y - t).detach() if method == "deconvnet" else y
+        y.register_hook(lambda g: g.clamp(min=0))
+        return y
+
+    def forward(t):
+        y = F.max_pool2d(hooked(3 * model.c1(t), 6.0), 2)
+        y = hooked(3 * model.c2(y), 2.0)
+        y = hooked(4 * model.c3(y), 6.0)
+        return model.fc(y.mean((2, 3)))
+
+    out = []
+    for k in range(NUM_CLASSES):
+        xr = x.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(forward(xr)[:, k].sum(), xr)
+        out.append(g.sum(1))
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("chunk", [None, 1])
+@pytest.mark.parametrize("method", BACKPROP)
+def test_relu6_rules(method, chunk):
+    torch.manual_seed(0)
+    model, x = Relu6Net().eval(), torch.randn(3, 3, 12, 12)
+    got = clear_native.Clear(model, method, signal="logit", class_chunk=chunk)(x, keep_class_maps=True)
+    torch.testing.assert_close(got.class_maps, _relu6_slow_maps(model, x, method))
+    clipped = (3 * model.c1(x) > 6).any() and (3 * model.c2(F.max_pool2d(model.act(3 * model.c1(x)), 2)) > 2).any()
+    assert bool(clipped)  # the clip is exercised
+
+
+def test_rule_that_finds_no_activation_warns_once():
+    class GeluNet(GapNet):
+        def forward(self, x):
+            return self.fc(F.gelu(self.features[3](F.max_pool2d(F.gelu(self.features[0](x)), 2))).mean((2, 3)))
+
+    model, x = GeluNet().eval(), torch.randn(2, 3, 12, 12)
+    explainer = clear_native.Clear(model, "deconvnet")
+    with pytest.warns(UserWarning, match=r"no ReLU-family activation.*plain\s+gradients"):
+        explainer(x)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explainer(x)  # once per explainer
+        clear_native.Clear(model, "gradient")(x)  # nothing to warn about
 
 
 def test_deconvnet_rule_differs_from_gradient():
