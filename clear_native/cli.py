@@ -7,12 +7,31 @@ import sys
 
 def _demo(args: argparse.Namespace) -> int:
     """The built-in demo: paper figures of the shipped MNIST model into ./clear-demo/."""
-    from clear_native.demo import run_demo
+    from clear_native.demo import run_demo, sample_note
 
-    summary = run_demo(args.out, method=args.method, dataset=args.dataset, device=args.device)
-    print(f"clear-native demo: {summary['images']} {summary['dataset']} images, accuracy "
+    if args.signal is not None and args.method == "cam":
+        print("clear-native demo: error: --signal applies to the back-projection methods "
+              "(deconvnet, guided, gradient), not to --method cam", file=sys.stderr)
+        return 2
+    kw = {} if args.signal is None else {"signal": args.signal}
+    summary = run_demo(args.out, method=args.method, dataset=args.dataset, device=args.device, **kw)
+    how = summary["method"] if "method" in summary else args.method
+    if summary.get("signal"):
+        how += f", {summary['signal']} signal"
+    print(f"clear-native demo ({how}): {summary['images']} {summary['dataset']} images, accuracy "
           f"{100 * summary['accuracy']:.2f}%, {summary['num_wrong']} misclassified, "
           f"{summary['seconds']} s")
+    if "sample" in summary:
+        print(f"  ({sample_note(summary)})")
+    c = summary.get("class_sensitivity")
+    if c:
+        def pct(v):
+            return "n/a" if v is None or v != v else f"{100 * v:.1f}%"
+
+        causal = "n/a" if c["causal_effect"] != c["causal_effect"] else f"{c['causal_effect']:+.3f}"
+        print(f"  class sensitivity: predicted share of strong pixels (correct images) "
+              f"{pct(c['share_predicted_correct'])} vs chance {pct(c['chance'])}, head-randomised "
+              f"agreement {pct(c['head_randomised_agreement'])}, causal effect {causal}")
     print(f"wrote {summary['out']}/index.html (figures: "
           f"{', '.join(summary['files'].values())}; numbers: metrics.json)")
     return 0
@@ -22,11 +41,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     """Quantitative evaluation (paper Table 1, deletion/insertion, dominance, sanity)."""
     from clear_native.evaluate import evaluate
 
-    report = evaluate(args.dataset, args.split, methods=args.methods.split(","), limit=args.limit,
-                      device=args.device, out=args.out)
+    report = evaluate(args.dataset, args.split, methods=args.methods, signals=args.signals,
+                      limit=args.limit, sanity_images=args.sanity_images, device=args.device, out=args.out)
     print((__import__("pathlib").Path(args.out) / "evaluation.md").read_text())
     print(f"wrote {args.out}/evaluation.json and evaluation.md ({report['seconds']} s)")
     return 0
+
+
+def _names(kind: str):
+    """argparse ``type=``: a comma-separated list of evaluate's method or signal names."""
+    def parse(text: str) -> tuple[str, ...]:
+        from clear_native.evaluate import METHODS, SIGNALS, parse_names
+
+        try:
+            return parse_names(text, METHODS if kind == "method" else SIGNALS, kind)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = f"{kind} list"
+    return parse
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -73,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="clear-demo", help="output folder (default ./clear-demo)")
     demo.add_argument("--method", default="deconvnet",
                       choices=["deconvnet", "guided", "gradient", "cam"])
+    demo.add_argument("--signal", default=None, choices=["response", "logit"],
+                      help="back-projection signal (default: the method's default, response; "
+                           "not for cam)")
     demo.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     demo.add_argument("--device", default="cpu")
     demo.set_defaults(func=_demo)
@@ -80,7 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     ev.add_argument("--split", default="sample", choices=["sample", "test"],
                     help="the shipped sample (default) or the full test set (needs the data package)")
-    ev.add_argument("--methods", default="deconvnet,guided,gradient,cam")
+    ev.add_argument("--methods", default="deconvnet,guided,gradient,cam", type=_names("method"),
+                    help="comma-separated methods (default: deconvnet,guided,gradient,cam)")
+    ev.add_argument("--signals", default="response,logit", type=_names("signal"),
+                    help="comma-separated back-projection signals, each back-projection method is "
+                         "evaluated once per signal; cam has none and runs once (default: response,logit)")
+    ev.add_argument("--sanity-images", type=int, default=32,
+                    help="images for the sanity check and the head randomisation (default 32)")
     ev.add_argument("--limit", type=int, default=None, help="use the first N images only")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--out", default="clear-eval")
