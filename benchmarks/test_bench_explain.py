@@ -5,7 +5,10 @@
 
 * MNIST-sized ALL-CNN-like model (1x28x28, 10 classes, N=64): ``Clear(method="deconvnet")``
   for all classes + dominance, vs Captum's ``Deconvolution`` called once per class +
-  ``reference.dominance`` (skipped without captum: ``pip install captum``).
+  ``reference.dominance`` (skipped without captum: ``pip install captum``), for both
+  signals: the default class response (Captum attributing, per class, the objective
+  ``sum(f * s_c)`` whose gradient at the feature layer is the response signal ``s_c``:
+  the same maps) and the logit (Captum attributing the class logit).
 * ResNet-18-sized GAP + linear network (3x224x224, 1000 classes, random weights, N=2):
   ``Clear(method="cam")`` vs the model's forward pass alone and vs the plain-PyTorch way
   (forward + ``reference.project_dominance`` over the 1000 classes).
@@ -93,15 +96,49 @@ def make_resnet(device="cpu"):
 
 
 def run_clear_deconvnet(model, x):
-    return clear_native.Clear(model, "deconvnet")(x)
+    return clear_native.Clear(model, "deconvnet")(x)  # default: signal="response"
+
+
+def run_clear_deconvnet_logit(model, x):
+    return clear_native.Clear(model, "deconvnet", signal="logit")(x)
 
 
 def run_captum_deconvnet(model, x):
+    """The logit signal: Captum's Deconvolution once per class."""
     from captum.attr import Deconvolution
 
     deconv = Deconvolution(model)
     maps = [deconv.attribute(x, target=c).sum(1) for c in range(10)]  # one backward per class
     return reference.dominance(torch.stack(maps, 1), model(x).argmax(1))
+
+
+class _ResponseObjective(nn.Module):
+    """x -> sum(features(x) * s): its gradient at the feature layer is the signal s."""
+
+    def __init__(self, features: nn.Module, signal: torch.Tensor):
+        super().__init__()
+        self.features, self.signal = features, signal
+
+    def forward(self, x):
+        return (self.features(x) * self.signal).flatten(1).sum(1, keepdim=True)
+
+
+def run_captum_deconvnet_response(model, x):
+    """The response signal, as a user would write it with Captum: the class maps z_L
+    (C-kernel conv + GAP: M_c = z_L^c / (h w), g_c = e_c / (h w)) give each class's signal
+    s_c = g_c relu(M_c); then Captum's Deconvolution once per class on sum(f * s_c)."""
+    from captum.attr import Deconvolution
+
+    with torch.no_grad():
+        z = model.features(x)                                  # (N, C, h, w)
+        hw = z.shape[2] * z.shape[3]
+    maps = []
+    for c in range(z.shape[1]):
+        s = torch.zeros_like(z)
+        s[:, c] = z[:, c].clamp(min=0) / (hw * hw)
+        deconv = Deconvolution(_ResponseObjective(model.features, s))
+        maps.append(deconv.attribute(x, target=0).sum(1))
+    return reference.dominance(torch.stack(maps, 1), z.mean((2, 3)).argmax(1))
 
 
 def run_clear_cam(model, x):
@@ -125,7 +162,8 @@ def run_reference_cam(model, x):
         handle.remove()
 
 
-MNIST_IMPLS = {"clear_native": run_clear_deconvnet, "captum_per_class": run_captum_deconvnet}
+MNIST_IMPLS = {"response": {"clear_native": run_clear_deconvnet, "captum_per_class": run_captum_deconvnet_response},
+               "logit": {"clear_native": run_clear_deconvnet_logit, "captum_per_class": run_captum_deconvnet}}
 RESNET_IMPLS = {"clear_native_cam": run_clear_cam, "forward_only": run_forward,
                 "reference": run_reference_cam}
 
@@ -145,48 +183,56 @@ def _bench(benchmark, fn, make, device, group, impl, rounds, **info):
     return benchmark.pedantic(run, rounds=rounds, warmup_rounds=1, iterations=1)
 
 
+SIGNALS = ["response", "logit"]
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("impl", list(MNIST_IMPLS))
-def test_explain_mnist_deconvnet(benchmark, impl, device):
+@pytest.mark.parametrize("impl", ["clear_native", "captum_per_class"])
+@pytest.mark.parametrize("signal", SIGNALS)
+def test_explain_mnist_deconvnet(benchmark, signal, impl, device):
     if impl == "captum_per_class":
         pytest.importorskip("captum")
-    _bench(benchmark, MNIST_IMPLS[impl], make_mnist, device,
-           f"explain deconvnet mnist 64x1x28x28 C=10 {device}", impl, rounds=5,
-           method="deconvnet", classes=10)
+    _bench(benchmark, MNIST_IMPLS[signal][impl], make_mnist, device,
+           f"explain deconvnet signal={signal} mnist 64x1x28x28 C=10 {device}", impl, rounds=5,
+           method="deconvnet", signal=signal, classes=10)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_explain_mnist_deconvnet_interleaved(benchmark, device):
+@pytest.mark.parametrize("signal", SIGNALS)
+def test_explain_mnist_deconvnet_interleaved(benchmark, signal, device):
     """The same comparison with the two implementations alternating round by round, so that
     a machine whose speed drifts (shared hosts) affects both alike: each round times Clear
     then the Captum loop; extra_info holds the per-round times and the median ratio."""
     pytest.importorskip("captum")
     model, x = make_mnist(device)
     times = {"clear_native": [], "captum_per_class": []}
+    impls = MNIST_IMPLS[signal]
 
     def pair():
-        for name, fn in (("clear_native", run_clear_deconvnet), ("captum_per_class", run_captum_deconvnet)):
+        for name, fn in impls.items():
             t0 = time.perf_counter()
             fn(model, x)
             sync(device)
             times[name].append(time.perf_counter() - t0)
 
-    benchmark.group = f"explain deconvnet mnist 64x1x28x28 C=10 {device} interleaved"
+    benchmark.group = f"explain deconvnet signal={signal} mnist 64x1x28x28 C=10 {device} interleaved"
     benchmark.pedantic(pair, rounds=7, warmup_rounds=1, iterations=1)
     ours, theirs = times["clear_native"][1:], times["captum_per_class"][1:]  # first: warm-up
     ratios = sorted(t / o for o, t in zip(ours, theirs))
     benchmark.extra_info.update(
-        op="explain", impl="interleaved", device=device, clear_native_s=ours, captum_per_class_s=theirs,
+        op="explain", impl="interleaved", device=device, signal=signal, clear_native_s=ours,
+        captum_per_class_s=theirs,
         median_speedup=ratios[len(ratios) // 2])
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_mnist_deconvnet_agrees_with_captum(device):
+@pytest.mark.parametrize("signal", SIGNALS)
+def test_mnist_deconvnet_agrees_with_captum(signal, device):
     """Not timed: Clear and the Captum loop give the same dominant classes."""
     pytest.importorskip("captum")
     model, x = make_mnist(device)
-    ours = run_clear_deconvnet(model, x)
-    theirs = run_captum_deconvnet(model, x)
+    ours = MNIST_IMPLS[signal]["clear_native"](model, x)
+    theirs = MNIST_IMPLS[signal]["captum_per_class"](model, x)
     torch.testing.assert_close(ours.dominant_response, theirs.dominant_response, rtol=1e-4, atol=1e-6)
     assert (ours.dominant_class != theirs.dominant_class).float().mean() < 1e-3
 
