@@ -27,9 +27,26 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def check_devices(op: str, ref_name: str, ref: torch.Tensor, **tensors) -> None:
+    """Every tensor argument of an operator on the device of its main input ``ref``.
+
+    The fake kernels' half of the operators' device check (csrc/stable_utils.h,
+    ``check_device``, same message): the dispatcher sends any call with a meta
+    tensor among its arguments to the fake kernel, so a meta argument next to
+    CPU / CUDA ones would otherwise get uninitialised outputs instead of an error.
+    All-meta calls and FakeTensor tracing (``torch.compile``) pass. ``None`` is skipped.
+    """
+    for name, t in tensors.items():
+        if t is not None and t.device != ref.device:
+            raise RuntimeError(f"{op}: {name} must be on the device of {ref_name} ({ref.device}), "
+                               f"got {t.device}")
+
+
 @torch.library.register_fake("clear_native::dominance")
 def _dominance_fake(responses, target=None, state_values=None, state_indices=None,
                     class_offset=0, ordered=False, runner_up=True, weakest=True):
+    check_devices("dominance", "responses", responses, target=target, state_values=state_values,
+                  state_indices=state_indices)
     n, spatial = responses.shape[0], responses.shape[2:]
     values = responses.new_empty((NUM_VALUE_PLANES, n, *spatial), dtype=_acc_dtype(responses.dtype))
     indices = responses.new_empty((NUM_INDEX_PLANES, n, *spatial), dtype=torch.int64)
@@ -61,6 +78,8 @@ def require_device_support(tensor: torch.Tensor, what: str) -> None:
 def _upsample_dominance_fake(maps, size, mode="bilinear", align_corners=False, target=None,
                              state_values=None, state_indices=None, class_offset=0, ordered=False,
                              runner_up=True, weakest=True, prune=1):
+    check_devices("upsample_dominance", "maps", maps, target=target, state_values=state_values,
+                  state_indices=state_indices)
     n = maps.shape[0]
     values = maps.new_empty((NUM_VALUE_PLANES, n, size[0], size[1]))
     indices = maps.new_empty((NUM_INDEX_PLANES, n, size[0], size[1]), dtype=torch.int64)
@@ -70,4 +89,5 @@ def _upsample_dominance_fake(maps, size, mode="bilinear", align_corners=False, t
 @torch.library.register_fake("clear_native::unpool_deconv")
 def _unpool_deconv_fake(grad, indices, pooled, weight, input_size, stride=(1, 1), padding=(0, 0),
                         dilation=(1, 1), rule=1, rectify_output=False):
+    check_devices("unpool_deconv", "grad", grad, indices=indices, pooled=pooled, weight=weight)
     return grad.new_empty((grad.shape[0], weight.shape[1], input_size[0], input_size[1]))

@@ -56,6 +56,11 @@ def unpool_deconv(grad: torch.Tensor, indices: torch.Tensor, weight: torch.Tenso
     for name, t in (("grad", grad), ("indices", indices), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"unpool_deconv: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if pooled is not None and not isinstance(pooled, torch.Tensor):
+        raise TypeError(f"unpool_deconv: pooled must be a torch.Tensor or None, got {type(pooled).__name__}")
+    for name, t in (("indices", indices), ("weight", weight), ("pooled", pooled)):
+        if t is not None and t.device != grad.device:
+            raise ValueError(f"unpool_deconv: {name} is on {t.device} but grad is on {grad.device}")
     require_device_support(grad, "unpool_deconv")
     size = _pair(input_size, "input_size")
     return torch.ops.clear_native.unpool_deconv(

@@ -1,6 +1,7 @@
 """Per-pixel class dominance of per-class response maps (CLEAR, paper eq. 4-5)."""
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -47,6 +48,33 @@ class TensorFields:
         return out
 
 
+@dataclass(frozen=True)
+class StreamRecord:
+    """What a streamed :class:`Dominance` state holds, checked when the next chunk is merged.
+
+    ranges: the class ranges ``[start, stop)`` merged so far, sorted, disjoint and
+        coalesced (one range for chunks that come in order).
+    num_classes: the total number of classes, once a call declared it (``None`` before).
+    runner_up, weakest: the flags every chunk was computed with.
+    """
+
+    ranges: tuple[tuple[int, int], ...] = ()
+    num_classes: int | None = None
+    runner_up: bool = True
+    weakest: bool = True
+
+    def merged(self, start: int, stop: int, num_classes: int | None) -> "StreamRecord":
+        """This record with the classes ``[start, stop)`` added (they must not overlap)."""
+        ranges = sorted(self.ranges + (((start, stop),) if stop > start else ()))
+        out: list[tuple[int, int]] = []
+        for a, b in ranges:
+            if out and a <= out[-1][1]:
+                out[-1] = (out[-1][0], max(out[-1][1], b))
+            else:
+                out.append((a, b))
+        return StreamRecord(tuple(out), num_classes, self.runner_up, self.weakest)
+
+
 @dataclass
 class Dominance(TensorFields):
     """Which class dominates each pixel, and by how much.
@@ -85,6 +113,8 @@ class Dominance(TensorFields):
     # One past the highest class merged so far: a later chunk starting at or
     # above it is merged with the cheaper in-order kernel.
     class_end: int = field(default=0, repr=False)
+    # Merged class ranges, declared total and flags (see ``StreamRecord``).
+    state_record: StreamRecord | None = field(default=None, repr=False)
 
 
 def _check_responses(responses: torch.Tensor) -> None:
@@ -142,10 +172,15 @@ def dominance(
             negative focus).
         state: the result of an earlier call over other classes of the same images;
             this call merges ``responses`` into it. Chunks may come in any order; the
-            result equals one call over all classes.
+            result equals one call over all classes. The state records the classes
+            merged so far, ``num_classes`` and the flags (:class:`StreamRecord`): a
+            chunk whose classes overlap them, other ``runner_up`` / ``weakest`` flags or
+            another ``num_classes`` raise ``ValueError`` (all O(1) per call).
         class_offset: global index of ``responses``' first class (for streaming).
         num_classes: total number of classes, to validate ``target`` when later
-            chunks are still to come; defaults to ``class_offset + C``.
+            chunks are still to come; later chunks inherit it from the state; the chunk
+            must lie in ``[0, num_classes)``. Defaults to ``class_offset + C`` (or the
+            classes merged so far).
         runner_up, weakest: set False to skip those fields (they are then -1/NaN).
 
     Returns:
@@ -154,8 +189,16 @@ def dominance(
     _check_responses(responses)
     if isinstance(class_offset, bool) or not isinstance(class_offset, int) or class_offset < 0:
         raise ValueError(f"dominance: class_offset must be an int >= 0, got {class_offset!r}")
+    if num_classes is not None:
+        given = num_classes
+        try:
+            num_classes = -1 if isinstance(given, bool) else operator.index(given)
+        except TypeError:
+            num_classes = -1
+        if num_classes < 0:
+            raise ValueError(f"dominance: num_classes must be an int >= 0 or None, got {given!r}")
+    runner_up, weakest = bool(runner_up), bool(weakest)
     n, c = responses.shape[:2]
-    total = class_offset + c if num_classes is None else int(num_classes)
     if state is not None:
         if not isinstance(state, Dominance) or state.state_values is None:
             raise TypeError(
@@ -177,6 +220,14 @@ def dominance(
             raise ValueError(
                 f"dominance: state was computed from {state.dominant_response.dtype} responses, "
                 f"these are {responses.dtype}")
+    record = _check_stream(state, class_offset, c, num_classes, runner_up, weakest)
+    declared = record.num_classes
+    if declared is not None and class_offset + c > declared:
+        raise ValueError(
+            f"dominance: this chunk's classes [{class_offset}, {class_offset + c}) lie beyond "
+            f"num_classes={declared}" + ("" if num_classes is not None else " (given to an earlier chunk)"))
+    total = declared if declared is not None else max(
+        class_offset + c, 0 if state is None else state.class_end)
     if target is not None:
         target = _check_target(target, responses, total)
         if state is not None and state.target is not None and not torch.compiler.is_compiling():
@@ -192,7 +243,36 @@ def dominance(
     result = _from_planes(values, indices, responses.dtype, target,
                           c + (0 if state is None else state.num_classes))
     result.class_end = max(class_offset + c, 0 if state is None else state.class_end)
+    result.state_record = record.merged(class_offset, class_offset + c, declared)
     return result
+
+
+def _check_stream(state: Dominance | None, class_offset: int, c: int, num_classes: int | None,
+                  runner_up: bool, weakest: bool) -> StreamRecord:
+    """Checks a chunk against the record of the state it is merged into (O(number of
+    merged ranges), one range for in-order chunks); returns the record to extend."""
+    if state is None or state.state_record is None:
+        # A first chunk (or a hand-made state, which carries no record to check).
+        return StreamRecord((), num_classes, runner_up, weakest)
+    rec = state.state_record
+    if (runner_up, weakest) != (rec.runner_up, rec.weakest):
+        raise ValueError(
+            f"dominance: this chunk has runner_up={runner_up}, weakest={weakest} but the state was "
+            f"computed with runner_up={rec.runner_up}, weakest={rec.weakest}; every chunk of a "
+            "streamed call must use the same flags")
+    if num_classes is not None and rec.num_classes is not None and num_classes != rec.num_classes:
+        raise ValueError(
+            f"dominance: num_classes={num_classes} differs from num_classes={rec.num_classes} "
+            "of the state being merged")
+    if c:
+        stop = class_offset + c
+        for a, b in rec.ranges:
+            if class_offset < b and a < stop:
+                raise ValueError(
+                    f"dominance: this chunk's classes [{class_offset}, {stop}) overlap classes "
+                    f"[{a}, {b}) already merged into the state; merge each class once")
+    return StreamRecord(rec.ranges, rec.num_classes if num_classes is None else num_classes,
+                        rec.runner_up, rec.weakest)
 
 
 def _from_planes(values: torch.Tensor, indices: torch.Tensor, dtype: torch.dtype,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 
 from clear_native._ops import require_device_support
-from clear_native.dominance import Dominance, _check_target, _from_planes
+from clear_native.dominance import Dominance, StreamRecord, _check_target, _from_planes
 
 _MODES = ("bilinear", "nearest")
 
@@ -107,4 +107,8 @@ def project_dominance(features: torch.Tensor, weight: torch.Tensor, bias: torch.
         values, indices = torch.ops.clear_native.upsample_dominance(
             maps, [out_h, out_w], mode, align_corners, target, values, indices, start, True,
             runner_up, weakest)
-    return _from_planes(values, indices, features.dtype, target, c)
+    result = _from_planes(values, indices, features.dtype, target, c)
+    # A state for clear_native.dominance over further classes [c, ...): it holds [0, c).
+    result.class_end = c
+    result.state_record = StreamRecord(((0, c),) if c else (), None, bool(runner_up), bool(weakest))
+    return result

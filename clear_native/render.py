@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 import torch
 
 from clear_native import palettes as _palettes
-from clear_native._ops import require_device_support
+from clear_native._ops import check_devices, require_device_support
 
 __all__ = ["render", "render_binary", "render_heatmap", "render_focus", "response_scale",
            "compute_scale", "binary_classes", "colormap"]
@@ -39,6 +39,8 @@ _TINY = torch.finfo(torch.float32).tiny
 @torch.library.register_fake("clear_native::render")
 def _render_fake(classes, responses, scale, palette, image=None, overlay=0.5, threshold=0.0,
                  brightness=1.0, grey=True, transparent=False):
+    check_devices("render", "classes", classes, responses=responses, scale=scale, palette=palette,
+                  image=image)
     n, h, w = classes.shape
     return classes.new_empty((n, h, w, 3), dtype=torch.uint8)
 
@@ -219,6 +221,11 @@ def _op(classes, responses, scale, palette, image, overlay, threshold, brightnes
         raise ValueError(f"{what}: overlay must lie in [0, 1], got {overlay!r}")
     if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
         raise TypeError(f"{what}: threshold must be a number (of normalised response, 0-1), got {threshold!r}")
+    # Palettes are built on the CPU: moved to the maps' device; one on a third
+    # device (a meta palette for CPU maps) cannot be.
+    if palette.device not in (classes.device, torch.device("cpu")):
+        raise ValueError(f"{what}: the palette is on {palette.device} but the maps are on "
+                         f"{classes.device}; give it on the CPU or on the maps' device")
     palette = palette.to(classes.device)
     return torch.ops.clear_native.render(
         classes.to(torch.int64), responses, scale, palette, image, float(overlay),

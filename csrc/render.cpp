@@ -26,6 +26,10 @@ namespace {
 Tensor render_impl(const Tensor& classes, const Tensor& responses, const Tensor& scale,
                    const Tensor& palette, const std::optional<Tensor>& image, double overlay,
                    double threshold, double brightness, bool grey, bool transparent) {
+  check_device("render", "responses", responses, "classes", classes);
+  check_device("render", "scale", scale, "classes", classes);
+  check_device("render", "palette", palette, "classes", classes);
+  check_device("render", "image", image, "classes", classes);
   STD_TORCH_CHECK(classes.dim() == 3, "render: classes must be (N, H, W), got ", classes.dim(),
                   " dims of shape ", shape_str(classes));
   STD_TORCH_CHECK(classes.scalar_type() == ScalarType::Long,
@@ -49,10 +53,6 @@ Tensor render_impl(const Tensor& classes, const Tensor& responses, const Tensor&
                   torch::headeronly::toString(palette.scalar_type()));
   STD_TORCH_CHECK(overlay >= 0.0 && overlay <= 1.0, "render: overlay must lie in [0, 1], got ",
                   overlay);
-  for (const Tensor* t : {&responses, &scale, &palette}) {
-    STD_TORCH_CHECK(same_device(*t, classes), "render: all inputs must be on one device: classes on ",
-                    device_str(classes), ", got a tensor on ", device_str(*t));
-  }
   std::optional<Tensor> img;
   if (image.has_value()) {
     const Tensor& im = *image;
@@ -64,8 +64,6 @@ Tensor render_impl(const Tensor& classes, const Tensor& responses, const Tensor&
     STD_TORCH_CHECK(im.scalar_type() == ScalarType::Byte || is_float_type(im.scalar_type()),
                     "render: image must be uint8 or floating point, got ",
                     torch::headeronly::toString(im.scalar_type()));
-    STD_TORCH_CHECK(same_device(im, classes), "render: image is on ", device_str(im),
-                    " but classes are on ", device_str(classes));
     // The kernels read uint8 and float32 images in place; other float types
     // are converted once.
     img = (im.scalar_type() == ScalarType::Byte || im.scalar_type() == ScalarType::Float)

@@ -2,14 +2,17 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include <torch/csrc/stable/accelerator.h>
+#include <torch/csrc/stable/device.h>
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 #include <torch/csrc/stable/version.h>
+#include <torch/headeronly/core/DeviceType.h>
 #include <torch/headeronly/core/ScalarType.h>
 #include <torch/headeronly/util/Exception.h>
 
@@ -43,15 +46,45 @@ inline std::vector<int64_t> sizes_vec(const Tensor& t) {
   return v;
 }
 
-inline bool same_device(const Tensor& a, const Tensor& b) {
-  return a.is_cuda() == b.is_cuda() && a.get_device() == b.get_device();
+// Device type and index (cpu and meta tensors both have index -1: comparing
+// is_cuda() and the index alone would take a meta tensor for a CPU one).
+inline bool same_device(const Tensor& a, const Tensor& b) { return a.device() == b.device(); }
+
+inline const char* device_type_name(torch::headeronly::DeviceType t) {
+  using torch::headeronly::DeviceType;
+  switch (t) {
+    case DeviceType::CPU: return "cpu";
+    case DeviceType::CUDA: return "cuda";
+    case DeviceType::Meta: return "meta";
+    case DeviceType::HIP: return "hip";
+    case DeviceType::MPS: return "mps";
+    case DeviceType::XPU: return "xpu";
+    case DeviceType::PrivateUse1: return "privateuseone";
+    default: return "unknown";
+  }
 }
 
+// As torch prints it: "cpu", "cuda:0", "meta".
 inline std::string device_str(const Tensor& t) {
-  if (t.is_cpu()) return "cpu";
-  std::ostringstream s;
-  s << (t.is_cuda() ? "cuda:" : "device:") << static_cast<int>(t.get_device());
-  return s.str();
+  const torch::stable::Device d = t.device();
+  std::string s = device_type_name(d.type());
+  if (d.has_index()) s += ":" + std::to_string(static_cast<int>(d.index()));
+  return s;
+}
+
+// Every tensor argument of an operator must be on the device of its main input
+// `ref` (named `ref_name`). The front ends check this before anything reads a
+// pointer. (The dispatcher sends a call with any meta argument to the operator's
+// fake kernel, not here: the fake kernels make the same check, _ops.check_devices.)
+inline void check_device(const char* op, const char* name, const Tensor& t, const char* ref_name,
+                         const Tensor& ref) {
+  STD_TORCH_CHECK(same_device(t, ref), op, ": ", name, " must be on the device of ", ref_name,
+                  " (", device_str(ref), "), got ", device_str(t));
+}
+
+inline void check_device(const char* op, const char* name, const std::optional<Tensor>& t,
+                         const char* ref_name, const Tensor& ref) {
+  if (t.has_value()) check_device(op, name, *t, ref_name, ref);
 }
 
 #ifdef CLEAR_NATIVE_WITH_CUDA

@@ -21,7 +21,8 @@ struct StreamingIO {
   std::optional<Tensor> target, state_values, state_indices;
 };
 
-// Checks class_offset, the (N,) int64 target and the state against `ref`
+// Checks the devices of the target and the state, class_offset, the (N,) int64
+// target and the state against `ref`
 // (named `ref_name` in messages; its (N, C, ...) gives N and C, `spatial` the
 // output's spatial sizes) and allocates the outputs.
 inline StreamingIO streaming_io(const char* op, const char* ref_name, const Tensor& ref,
@@ -30,6 +31,9 @@ inline StreamingIO streaming_io(const char* op, const char* ref_name, const Tens
                                 const std::optional<Tensor>& state_values,
                                 const std::optional<Tensor>& state_indices) {
   const int64_t N = ref.size(0), C = ref.size(1);
+  check_device(op, "target", target, ref_name, ref);
+  check_device(op, "state_values", state_values, ref_name, ref);
+  check_device(op, "state_indices", state_indices, ref_name, ref);
   STD_TORCH_CHECK(class_offset >= 0, op, ": class_offset must be >= 0, got ", class_offset);
   STD_TORCH_CHECK(class_offset + C < (int64_t{1} << 31),
                   op, ": class indices must fit in int32, got class_offset + C = ", class_offset + C);
@@ -39,8 +43,6 @@ inline StreamingIO streaming_io(const char* op, const char* ref_name, const Tens
                     ",), got ", shape_str(t));
     STD_TORCH_CHECK(t.scalar_type() == ScalarType::Long, op, ": target must be int64, got ",
                     torch::headeronly::toString(t.scalar_type()));
-    STD_TORCH_CHECK(same_device(t, ref), op, ": target is on ", device_str(t), " but ", ref_name,
-                    " are on ", device_str(ref));
   }
   STD_TORCH_CHECK(state_values.has_value() == state_indices.has_value(),
                   op, ": state_values and state_indices must be given together");
@@ -59,8 +61,6 @@ inline StreamingIO streaming_io(const char* op, const char* ref_name, const Tens
                     op, ": state dtypes must be ", torch::headeronly::toString(acc),
                     " and int64, got ", torch::headeronly::toString(sv.scalar_type()), " and ",
                     torch::headeronly::toString(si.scalar_type()));
-    STD_TORCH_CHECK(same_device(sv, ref) && same_device(si, ref), op, ": state is on ",
-                    device_str(sv), " but ", ref_name, " are on ", device_str(ref));
   }
   return {torch::stable::new_empty(ref, vshape, acc),
           torch::stable::new_empty(ref, ishape, ScalarType::Long), std::nullopt, std::nullopt,

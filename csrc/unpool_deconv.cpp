@@ -42,6 +42,9 @@ Tensor unpool_deconv_impl(const Tensor& grad, const Tensor& indices, const std::
                           std::vector<int64_t> stride,
                           std::vector<int64_t> padding,
                           std::vector<int64_t> dilation, int64_t rule, bool rectify_output) {
+  check_device("unpool_deconv", "indices", indices, "grad", grad);
+  check_device("unpool_deconv", "pooled", pooled, "grad", grad);
+  check_device("unpool_deconv", "weight", weight, "grad", grad);
   STD_TORCH_CHECK(grad.dim() == 4, "unpool_deconv: grad must be (N, C, H_pool, W_pool), got shape ",
                   shape_str(grad));
   STD_TORCH_CHECK(grad.scalar_type() == ScalarType::Float || grad.scalar_type() == ScalarType::Double,
@@ -72,14 +75,6 @@ Tensor unpool_deconv_impl(const Tensor& grad, const Tensor& indices, const std::
   check_pair(stride, "stride", 1);
   check_pair(padding, "padding", 0);
   check_pair(dilation, "dilation", 1);
-  for (const Tensor* t : {&indices, &weight}) {
-    STD_TORCH_CHECK(same_device(*t, grad), "unpool_deconv: all inputs must be on one device: grad on ",
-                    device_str(grad), ", got a tensor on ", device_str(*t));
-  }
-  if (pooled.has_value()) {
-    STD_TORCH_CHECK(same_device(*pooled, grad), "unpool_deconv: all inputs must be on one device: grad on ",
-                    device_str(grad), ", got pooled on ", device_str(*pooled));
-  }
 
   UnpoolDeconvArgs a;
   a.N = grad.size(0);

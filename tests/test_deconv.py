@@ -205,3 +205,28 @@ def test_bad_inputs():
         unpool_deconv(g, idx, w, (6, 6), stride=(1, 2, 3))
     with pytest.raises(TypeError, match="grad must be a torch.Tensor"):
         unpool_deconv(g.numpy(), idx, w, (6, 6))
+
+
+@pytest.mark.parametrize("bad", ["indices", "pooled", "weight"])
+def test_inputs_on_another_device_are_refused(bad):
+    # A meta weight among CPU inputs used to reach the fake kernel and return
+    # uninitialised CPU memory.
+    geo = GEOMETRIES[1]
+    x, w = case(geo)
+    pooled, idx, _ = block(x, w, geo, "guided")
+    args = {"indices": idx, "pooled": pooled.detach(), "weight": w}
+    args[bad] = args[bad].to("meta")
+    g = torch.randn_like(pooled)
+    with pytest.raises(ValueError, match=f"unpool_deconv: {bad} is on meta but grad is on cpu"):
+        unpool_deconv(g, args["indices"], args["weight"], (17, 13), pooled=args["pooled"], stride=2,
+                      padding=2, rule="guided")
+    op = torch.ops.clear_native.unpool_deconv.default
+    call = (g, args["indices"], args["pooled"], args["weight"], [17, 13], [2, 2], [2, 2], [1, 1], 2)
+    msg = rf"unpool_deconv: {bad} must be on the device of grad \(cpu\), got meta"
+    with pytest.raises(RuntimeError, match=msg):   # the fake kernel (the dispatcher's choice)
+        op(*call)
+    with pytest.raises(RuntimeError, match=msg):   # the C++ front end of the CPU kernel
+        op.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), *call, False)
+    # All inputs on meta (tracing) still work.
+    out = op(*(a.to("meta") if isinstance(a, torch.Tensor) else a for a in call))
+    assert out.device.type == "meta" and out.shape == (3, 3, 17, 13)

@@ -155,6 +155,106 @@ def test_streaming_state_checks():
         clear_native.dominance(x, torch.tensor([0, 2]), state=dt, class_offset=4)
 
 
+def cpu_kernel(op, *args):
+    """Calls op's CPU kernel itself (its C++ front end), bypassing the dispatcher's
+    choice: a call with a meta argument would otherwise go to the fake kernel."""
+    return op.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), *args)
+
+
+def mixed_device_args(bad):
+    """(responses, target, state_values, state_indices) with argument `bad` on meta."""
+    x = torch.randn(2, 3, 4, 5)
+    t = torch.tensor([0, 2])
+    v, i = torch.ops.clear_native.dominance(x, t)
+    args = {"responses": x, "target": t, "state_values": v, "state_indices": i}
+    args[bad] = args[bad].to("meta")
+    return tuple(args.values())
+
+
+@pytest.mark.parametrize("bad", ["target", "state_values", "state_indices"])
+def test_operator_refuses_an_argument_on_another_device(bad):
+    # A meta tensor among CPU ones used to reach the fake kernel and return
+    # uninitialised CPU memory; the fake kernel and the C++ front end both refuse it.
+    op = torch.ops.clear_native.dominance.default
+    args = mixed_device_args(bad)
+    msg = rf"dominance: {bad} must be on the device of responses \(cpu\), got meta"
+    with pytest.raises(RuntimeError, match=msg):
+        op(*args, 3)
+    with pytest.raises(RuntimeError, match=msg):
+        cpu_kernel(op, *args, 3, False, True, True)
+    # The other way round: meta responses, CPU rest.
+    x, t, v, i = mixed_device_args("responses")
+    with pytest.raises(RuntimeError, match=r"target must be on the device of responses \(meta\), got cpu"):
+        op(x, t)
+
+
+def test_all_meta_inputs_still_trace():
+    # torch.compile / FakeTensor tracing: every input on meta is fine.
+    x = torch.randn(2, 3, 4, 5, device="meta")
+    t = torch.zeros(2, dtype=torch.int64, device="meta")
+    v, i = torch.ops.clear_native.dominance(x, t)
+    v, i = torch.ops.clear_native.dominance(x, t, v, i, 3)
+    assert v.device.type == "meta" and v.shape == (4, 2, 4, 5) and i.shape == (3, 2, 4, 5)
+    assert v.dtype == torch.float32 and i.dtype == torch.int64
+
+
+def test_streaming_merging_a_class_twice_is_refused():
+    x = torch.randn(2, 6, 5, 5)
+    d = clear_native.dominance(x[:, :3], num_classes=6)
+    with pytest.raises(ValueError, match=r"classes \[0, 3\) overlap classes \[0, 3\) already merged"):
+        clear_native.dominance(x[:, :3], state=d, num_classes=6)
+    with pytest.raises(ValueError, match=r"classes \[2, 5\) overlap classes \[0, 3\)"):
+        clear_native.dominance(x[:, 2:5], state=d, class_offset=2)
+    d = clear_native.dominance(x[:, 4:], state=d, class_offset=4)    # [0, 3) + [4, 6)
+    with pytest.raises(ValueError, match=r"classes \[3, 5\) overlap classes \[4, 6\)"):
+        clear_native.dominance(x[:, 3:5], state=d, class_offset=3)
+    d = clear_native.dominance(x[:, 3:4], state=d, class_offset=3)   # fills the gap
+    assert d.state_record.ranges == ((0, 6),)
+    assert_same(d, reference.dominance(x))
+    # Empty chunks merge nothing and overlap nothing.
+    e = clear_native.dominance(x[:, :0], state=d, class_offset=2)
+    assert_same(e, reference.dominance(x))
+
+
+@pytest.mark.parametrize("flags", [(False, True), (True, False), (False, False)])
+def test_streaming_chunks_with_other_flags_are_refused(flags):
+    runner_up, weakest = flags
+    x = torch.randn(2, 6, 5, 5)
+    d = clear_native.dominance(x[:, :3])
+    with pytest.raises(ValueError, match=rf"runner_up={runner_up}, weakest={weakest} but the state was "
+                                         r"computed with runner_up=True, weakest=True"):
+        clear_native.dominance(x[:, 3:], state=d, class_offset=3, runner_up=runner_up, weakest=weakest)
+    d = clear_native.dominance(x[:, :3], runner_up=runner_up, weakest=weakest)
+    with pytest.raises(ValueError, match="every chunk of a streamed call must use the same flags"):
+        clear_native.dominance(x[:, 3:], state=d, class_offset=3)
+    d = clear_native.dominance(x[:, 3:], state=d, class_offset=3, runner_up=runner_up, weakest=weakest)
+    assert torch.equal(d.dominant_class, reference.dominance(x).dominant_class)
+
+
+def test_streaming_offset_and_num_classes_are_checked():
+    x = torch.randn(2, 6, 5, 5)
+    with pytest.raises(ValueError, match=r"classes \[4, 10\) lie beyond num_classes=8"):
+        clear_native.dominance(x, class_offset=4, num_classes=8)
+    d = clear_native.dominance(x[:, :3], num_classes=6)
+    with pytest.raises(ValueError, match=r"num_classes=7 differs from num_classes=6 of the state"):
+        clear_native.dominance(x[:, 3:], state=d, class_offset=3, num_classes=7)
+    with pytest.raises(ValueError, match=r"classes \[4, 7\) lie beyond num_classes=6 \(given to an earlier"):
+        clear_native.dominance(x[:, 3:], state=d, class_offset=4)
+    with pytest.raises(ValueError, match="num_classes must be an int >= 0 or None"):
+        clear_native.dominance(x, num_classes=-1)
+    # A later chunk inherits the declared total (target checked against all 6 classes).
+    t = torch.tensor([5, 1])
+    d = clear_native.dominance(x[:, :3], t, num_classes=6)
+    d = clear_native.dominance(x[:, 3:], t, state=d, class_offset=3)
+    assert d.state_record.num_classes == 6
+    assert_same(d, reference.dominance(x, t), with_target=True)
+    # Without a declared total, chunks in descending order validate the target
+    # against every class merged so far.
+    d = clear_native.dominance(x[:, 3:], t, class_offset=3)
+    d = clear_native.dominance(x[:, :3], t, state=d)
+    assert_same(d, reference.dominance(x, t), with_target=True)
+
+
 def test_bad_input_messages():
     with pytest.raises(ValueError, match=r"\(N, C, \*spatial\).*got shape \(3, 4\)"):
         clear_native.dominance(torch.randn(3, 4))

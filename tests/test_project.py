@@ -264,6 +264,43 @@ def test_bad_input_messages():
         op(torch.randn(1, 2, 3, 3).half(), [4, 4])
 
 
+@pytest.mark.parametrize("bad", ["target", "state_values", "state_indices"])
+def test_operator_refuses_an_argument_on_another_device(bad):
+    maps, t = torch.randn(2, 3, 4, 5), torch.tensor([0, 2])
+    v, i = op(maps, [8, 9], "bilinear", False, t)
+    args = {"target": t, "state_values": v, "state_indices": i}
+    args[bad] = args[bad].to("meta")
+    call = (maps, [8, 9], "bilinear", False, *args.values(), 3, True)
+    msg = rf"upsample_dominance: {bad} must be on the device of maps \(cpu\), got meta"
+    with pytest.raises(RuntimeError, match=msg):   # the fake kernel (the dispatcher's choice)
+        op(*call)
+    with pytest.raises(RuntimeError, match=msg):   # the C++ front end of the CPU kernel
+        op.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), *call, True, True, 1)
+    # All inputs on meta (tracing) still work.
+    m = maps.to("meta")
+    v, i = op(m, [8, 9], "bilinear", False, t.to("meta"))
+    assert v.device.type == "meta" and v.shape == (4, 2, 8, 9) and i.shape == (3, 2, 8, 9)
+
+
+def test_result_streams_into_dominance_with_checks():
+    # A project_dominance result is a state for clear_native.dominance over further
+    # classes: it records that it holds classes [0, C) and its flags.
+    features, weight = torch.relu(torch.randn(2, 8, 5, 5)), torch.randn(6, 8)
+    d = clear_native.project_dominance(features, weight, size=(10, 10))
+    extra = torch.randn(2, 2, 10, 10)
+    with pytest.raises(ValueError, match=r"classes \[5, 7\) overlap classes \[0, 6\) already merged"):
+        clear_native.dominance(extra, state=d, class_offset=5)
+    with pytest.raises(ValueError, match="runner_up=False, weakest=True but the state was computed with "
+                                         "runner_up=True"):
+        clear_native.dominance(extra, state=d, class_offset=6, runner_up=False)
+    e = clear_native.dominance(extra, state=d, class_offset=6)
+    maps = torch.cat([upsampled(features, weight, None, (10, 10), "bilinear", False).float(), extra], 1)
+    want = reference.dominance(maps)
+    assert e.num_classes == 8 and e.state_record.ranges == ((0, 8),)
+    assert (e.dominant_class == want.dominant_class).float().mean() > 0.999
+    torch.testing.assert_close(e.dominant_response, want.dominant_response, rtol=1e-5, atol=1e-5)
+
+
 def test_opcheck():
     maps = torch.randn(2, 6, 4, 5)
     t = torch.tensor([1, 4])

@@ -301,6 +301,33 @@ def test_bad_input():
     assert out.sum() == 0
 
 
+@pytest.mark.parametrize("bad", ["responses", "scale", "palette", "image"])
+def test_inputs_on_another_device_are_refused(bad):
+    # A meta palette among CPU inputs used to reach the fake kernel and return
+    # uninitialised CPU memory.
+    cls, resp = rand_maps(2, 4, 5, 3)
+    args = {"responses": resp, "scale": torch.ones(2), "palette": palettes.get_palette(3),
+            "image": torch.rand(2, 3, 4, 5)}
+    args[bad] = args[bad].to("meta")
+    msg = rf"render: {bad} must be on the device of classes \(cpu\), got meta"
+    with pytest.raises(RuntimeError, match=msg):   # the fake kernel (the dispatcher's choice)
+        OP(cls, *args.values())
+    with pytest.raises(RuntimeError, match=msg):   # the C++ front end of the CPU kernel
+        OP.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), cls, *args.values(),
+                      0.5, 0.0, 1.0, True, False)
+    # All inputs on meta (tracing) still work.
+    out = OP(cls.to("meta"), *(a.to("meta") for a in args.values()))
+    assert out.device.type == "meta" and out.shape == (2, 4, 5, 3) and out.dtype == torch.uint8
+
+
+def test_palette_on_another_device_is_refused():
+    cls, resp = rand_maps(2, 4, 5, 3)
+    with pytest.raises(ValueError, match="the palette is on meta but the maps are on cpu"):
+        clear_native.render(maps_of(cls, resp), palette=palettes.get_palette(3).to("meta"))
+    with pytest.raises(ValueError, match="the palette is on meta but the maps are on cpu"):
+        clear_native.render_heatmap(resp, cmap=colormap("hot").to("meta"))
+
+
 def test_cuda_tensor_without_cuda_build():
     if clear_native.build_info()["cuda"] or not torch.cuda.is_available():
         pytest.skip("needs a CUDA device and a CPU-only build")
