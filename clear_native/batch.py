@@ -8,7 +8,8 @@ every image of DATA with CLEAR and writes, under ``OUT``:
     chunks hold ``--batch-size`` images):
 
     * always: ``prediction`` (N,), ``target`` (N,), ``label`` (N,) int64 (-1: none),
-      ``logits`` (N, C) float32, ``valid`` (N,) bool (False: the image could not be read).
+      ``logits`` (N, C) float32, ``valid`` (N,) bool (False: the image could not be read,
+      or it or the model's logits for it held a NaN / infinite value).
     * ``--store dominant``: ``dominant_class`` (N, H, W)
     * ``--store response``: ``dominant_response`` (N, H, W)
     * ``--store runner_up``: ``runner_up_class``, ``runner_up_response``
@@ -38,16 +39,22 @@ every image of DATA with CLEAR and writes, under ``OUT``:
     hold the back-projected signal actually used (``"response"``: the class map's
     response, the default of deconvnet / guided / gradient; ``"logit"``: the gradient
     of the class logit, ``--signal logit``; ``null`` for ``--method cam``).
-``OUT/run.json``, ``OUT/arrays.json``, ``OUT/chunks/*.json``  the run's identity (the
-    options that change the results, ``signal`` included), the arrays' creation record
-    and one commit record per chunk (written with write-then-rename after the chunk's
-    arrays are written).
+``OUT/run.json``, ``OUT/arrays.json``, ``OUT/chunks/*.json``, ``OUT/.lock``  the run's
+    identity (the options that change the results, ``signal`` included), the arrays'
+    record (identity, arguments, each array's Zarr metadata), one commit record per chunk
+    (written with write-then-rename after the chunk's arrays are written and flushed; it
+    holds each chunk file's size and SHA-256) and the lock a run holds on OUT (see
+    :mod:`clear_native.store`; ``clear-native verify OUT [--repair]`` checks it all).
 
 A run killed at any moment and started again with the same arguments redoes only the
-chunks without a commit record, and ends with the same results as an uninterrupted run.
+chunks without a sound commit record (a resume checks every committed chunk file against
+its record and redoes, and reports, those that fail), and ends with the same results as
+an uninterrupted run. A second run on an OUT in use exits 2. A full disk or an unwritable
+OUT exits 2; the chunks committed so far are kept.
 Another model / data / result-changing option (``--method``, ``--signal``, ...) under the
 same OUT is refused, naming the options that differ and their two values, unless
-``--overwrite`` (which always starts afresh, deleting what OUT holds). Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK set) chunk ``k`` is
+``--overwrite`` (which starts afresh, deleting what a run wrote under OUT; it refuses an
+OUT that holds anything else). OUT must not be, lie inside or contain DATA. Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK set) chunk ``k`` is
 explained by rank ``k % WORLD_SIZE``; rank 0 writes the table and manifest once every
 rank is done. The results do not depend on the number of processes, and a run may be
 resumed with another number of processes. Across nodes, OUT must be on a file system
@@ -63,7 +70,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -73,7 +79,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from clear_native.io import BatchError, DataSource, LoadedModel, load_data, load_model, to_chw_float
+from clear_native import store as _store
+from clear_native.io import (MAX_PIXELS, BatchError, DataSource, LoadedModel, load_data, load_model,
+                             to_chw_float)
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +119,9 @@ class BatchOptions:
     table: str = "parquet"        # "parquet" or "csv"
     overwrite: bool = False
     progress: bool = True
+    trust_model_code: bool = False  # load a .pt2 file (torch.export.load can run code in it)
+    max_pixels: int = MAX_PIXELS  # larger image files (from the header) are per-image errors; 0: no cap
+    hash_data: bool = False       # fingerprint an image folder by contents (default: file metadata)
 
     def resolved_signal(self) -> str | None:
         """The signal the run back-projects: ``signal``, or the method's default
@@ -125,7 +136,9 @@ class BatchOptions:
         """The options that change the results (compared when resuming)."""
         return {k: getattr(self, k) for k in ("method", "classes", "batch_size", "dtype", "autocast",
                                               "response_dtype", "table")} | {
-            "signal": self.resolved_signal(), "store": sorted(self.store)}
+            "signal": self.resolved_signal(), "store": sorted(self.store)} | (
+            # which images are skipped; recorded only when not the default (older runs match)
+            {"max_pixels": self.max_pixels} if self.max_pixels != MAX_PIXELS else {})
 
 
 @dataclass
@@ -139,6 +152,7 @@ class BatchSummary:
     wall_s: float
     images_per_s: float
     timings: dict = field(default_factory=dict)
+    redone: list = field(default_factory=list)  # [{"chunk", "reason"}]: committed chunks that failed the check
 
     @property
     def exit_code(self) -> int:
@@ -156,8 +170,11 @@ def class_dtype(num_classes: int) -> np.dtype:
     return np.dtype(np.int32)
 
 
-def parse_classes(spec: str | None):
-    """``"all"`` -> None, ``"top-K"`` -> K, ``"1,2,3"`` -> [1, 2, 3]."""
+def parse_classes(spec: str | None, num_classes: int | None = None):
+    """``"all"`` -> None, ``"top-K"`` -> K, ``"1,2,3"`` -> [1, 2, 3].
+
+    Negative or repeated ids are refused; with ``num_classes`` (the model's C), so are
+    ids >= C and K > C (:class:`BatchError`, exit status 2)."""
     if spec is None or spec == "all":
         return None
     if spec.startswith("top-"):
@@ -167,6 +184,8 @@ def parse_classes(spec: str | None):
             k = 0
         if k < 1:
             raise BatchError(f"--classes {spec!r}: top-K needs an integer K >= 1")
+        if num_classes is not None and k > num_classes:
+            raise BatchError(f"--classes {spec!r}: K = {k} is more than the model's {num_classes} classes")
         return k
     try:
         ids = [int(s) for s in spec.split(",") if s.strip()]
@@ -174,6 +193,17 @@ def parse_classes(spec: str | None):
         ids = []
     if not ids:
         raise BatchError(f"--classes {spec!r}: expected 'all', 'top-K' or a comma-separated list of class ids")
+    negative = [i for i in ids if i < 0]
+    if negative:
+        raise BatchError(f"--classes {spec!r}: class ids are >= 0, got {negative}")
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise BatchError(f"--classes {spec!r}: class id(s) {repeated} given more than once")
+    if num_classes is not None:
+        out = [i for i in ids if i >= num_classes]
+        if out:
+            raise BatchError(f"--classes {spec!r}: class id(s) {out} out of range: the model has "
+                             f"{num_classes} classes (ids 0 to {num_classes - 1})")
     return ids
 
 
@@ -194,37 +224,40 @@ def _read_json(path: Path):
         return None
 
 
-def _fsync_chunk(root: Path, arrays: dict, k: int) -> None:
-    """fsyncs the files of chunk ``k`` of every array, so that its commit record (written
-    next) never reaches the disk before its data. Zarr v3 default chunk keys:
-    ``<array>/c/<k>/0/...``; a chunk equal to the fill value is not written at all."""
-    for name, arr in arrays.items():
-        path = root / name / "c" / str(k)
-        for _ in range(arr.ndim - 1):
-            path = path / "0"
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 class _Dist:
     """torchrun's RANK / WORLD_SIZE / LOCAL_RANK, and the process group when > 1."""
 
     def __init__(self, device: str):
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        def env_int(name: str, default: int) -> int:
+            v = os.environ.get(name, "")
+            try:
+                return int(v) if v.strip() else default
+            except ValueError:
+                raise BatchError(f"{name}={v!r} is not an integer (torchrun sets RANK / WORLD_SIZE / "
+                                 "LOCAL_RANK; unset them to run one process)") from None
+
+        self.rank = env_int("RANK", 0)
+        self.world = env_int("WORLD_SIZE", 1)
+        self.local_rank = env_int("LOCAL_RANK", 0)
+        if self.world < 1 or not 0 <= self.rank < self.world:
+            raise BatchError(f"RANK={self.rank} with WORLD_SIZE={self.world} (unset: 1) is no process group "
+                             "(0 <= RANK < WORLD_SIZE): launch with torchrun, or unset RANK / WORLD_SIZE to "
+                             "run one process")
         self.active = self.world > 1
         if self.active and not torch.distributed.is_initialized():
+            missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+            if missing:
+                raise BatchError(f"RANK={self.rank} / WORLD_SIZE={self.world} are set but {' / '.join(missing)} "
+                                 "not: there is no process group to join; launch with torchrun, or unset "
+                                 "RANK / WORLD_SIZE to run one process")
             backend = "nccl" if device.startswith("cuda") and torch.distributed.is_nccl_available() else "gloo"
-            if backend == "nccl":
-                torch.cuda.set_device(self.local_rank)
-            torch.distributed.init_process_group(backend)
+            try:
+                if backend == "nccl":
+                    torch.cuda.set_device(self.local_rank)
+                torch.distributed.init_process_group(backend)
+            except (RuntimeError, ValueError) as e:
+                raise BatchError(f"cannot join the process group (RANK={self.rank}, WORLD_SIZE={self.world}, "
+                                 f"{backend}): {e}") from e
             self._own = True
         else:
             self._own = False
@@ -262,6 +295,7 @@ class _Items(torch.utils.data.Dataset):
         self.reader = source.reader
         self.preprocess = preprocess
         self.n = len(source)
+        self.keys = source.keys
 
     def __len__(self) -> int:
         return self.n
@@ -332,6 +366,8 @@ def _check_options(o: BatchOptions) -> None:
         raise BatchError(f"--batch-size must be >= 1, got {o.batch_size}")
     if o.workers < 0:
         raise BatchError(f"--workers must be >= 0, got {o.workers}")
+    if o.max_pixels is not None and o.max_pixels < 0:
+        raise BatchError(f"--max-pixels must be >= 0 (0: no limit), got {o.max_pixels}")
     if o.dtype not in _DTYPES:
         raise BatchError(f"--dtype must be one of {sorted(_DTYPES)}, got {o.dtype!r}")
     if o.autocast not in (None, "bfloat16", "float16"):
@@ -369,19 +405,52 @@ def _check_options(o: BatchOptions) -> None:
         raise BatchError("batch explanation writes Zarr arrays: pip install 'zarr>=3'") from e
 
 
-def _probe(items: _Items, explain: Callable, device, dtype, autocast_ctx, classes, n: int):
-    """(image shape, map shape, C) from the first readable image."""
+SHAPE_SAMPLE = 16  # the run's image shape: the most common among this many first readable images
+
+
+def _probe(items: _Items, explain: Callable, device, dtype, autocast_ctx, classes, n: int,
+           model=None, classes_spec: str | None = None, sample: int = SHAPE_SAMPLE):
+    """(image shape, map shape, C).
+
+    The run's image shape is the most common (ch, H, W) among the first ``sample``
+    readable images (a tie: the shape seen first), so one stray image sorting first does
+    not decide it; images of another shape become per-image errors naming both shapes.
+    C comes from the model's logits for the first image of that shape (``--classes`` is
+    checked against it), the map shape from explaining that image.
+    """
+    counts: dict[tuple, int] = {}
+    first: dict[tuple, torch.Tensor] = {}
+    reasons: list[str] = []
+    failed = 0
     for i in range(n):
         _, img, _, err = items[i]
-        if err is None:
-            try:
-                with autocast_ctx():
-                    maps = explain(img[None].to(device, dtype), None, classes)
-            except ValueError as e:  # Clear's message for a model it cannot explain this way
-                raise BatchError(f"cannot explain this model with these options (--method / --signal / "
-                                 f"--classes): {e}") from e
-            return tuple(img.shape), tuple(maps.dominant_class.shape[1:]), int(maps.logits.shape[1])
-    raise BatchError("no image of DATA could be read (every item failed); nothing to explain")
+        if err is not None:
+            failed += 1
+            if len(reasons) < 3:
+                reasons.append(f"{items.keys[i]}: {err}")
+            continue
+        shape = tuple(img.shape)
+        counts[shape] = counts.get(shape, 0) + 1
+        first.setdefault(shape, img)
+        if sum(counts.values()) >= sample:
+            break
+    if not counts:
+        raise BatchError(f"no image of DATA could be read ({failed} of {n} items failed; first: "
+                         f"{'; '.join(reasons)}); nothing to explain")
+    shape = max(counts, key=counts.get)  # the first of the most common (dicts keep insertion order)
+    x = first[shape][None].to(device, dtype)
+    if model is not None and classes_spec is not None:
+        with torch.no_grad(), autocast_ctx():
+            logits = model(x)
+        if isinstance(logits, torch.Tensor) and logits.dim() == 2:
+            parse_classes(classes_spec, int(logits.shape[1]))
+    try:
+        with autocast_ctx():
+            maps = explain(x, None, classes)
+    except ValueError as e:  # Clear's message for a model it cannot explain this way
+        raise BatchError(f"cannot explain this model with these options (--method / --signal / "
+                         f"--classes): {e}") from e
+    return shape, tuple(maps.dominant_class.shape[1:]), int(maps.logits.shape[1])
 
 
 def _shown(identity: dict, key: str) -> str:
@@ -394,50 +463,18 @@ def _shown(identity: dict, key: str) -> str:
     return json.dumps(v)
 
 
-def _prepare_out(out: Path, identity: dict, overwrite: bool) -> bool:
-    """Checks / creates OUT on rank 0. True when resuming an earlier run."""
-    run_json = out / "run.json"
-    if out.exists() and not out.is_dir():
-        raise BatchError(f"--out {str(out)!r} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        old = _read_json(run_json)
-        if old == identity and not overwrite:
-            return True
-        if not overwrite:
-            if old is None:
-                raise BatchError(f"--out {str(out)!r} is not empty and holds no clear-native run; "
-                                 "choose another folder or pass --overwrite to replace its contents")
-            diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-            values = ", ".join(f"{k} {_shown(old, k)} in OUT, {_shown(identity, k)} now" for k in diff)
-            raise BatchError(f"--out {str(out)!r} holds a different run (differs in: {', '.join(diff)}): "
-                             f"{values}; use another --out, the same arguments to resume, or --overwrite")
-        for child in out.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "chunks").mkdir(exist_ok=True)
-    _write_json_atomic(run_json, identity)
-    return False
-
-
-def _create_arrays(root: Path, o: BatchOptions, n: int, map_shape, num_classes: int):
-    import zarr
-
+def _create_arrays(out: Path, o: BatchOptions, n: int, map_shape, num_classes: int, identity: dict):
+    """Creates (or, resuming, checks and restores without touching a chunk file) the arrays
+    under ``OUT/clear.zarr`` and ``OUT/arrays.json`` (see :func:`clear_native.store.ensure_arrays`)."""
     cdt = class_dtype(num_classes)
     rdt = np.dtype(o.response_dtype)
-    b = o.batch_size
     specs = {"prediction": ((n,), cdt, -1), "target": ((n,), cdt, -1), "label": ((n,), np.int64, -1),
              "logits": ((n, num_classes), np.float32, np.nan), "valid": ((n,), np.bool_, False)}
     for item in o.store:
         for name, kind in _STORE_FIELDS.get(item, ()):
             specs[name] = ((n, *map_shape), cdt if kind == "class" else rdt, -1 if kind == "class" else np.nan)
-    done = root.parent / "arrays.json"  # written once every array exists (a kill may cut creation short)
-    if _read_json(done) is not None:
-        return specs
-    group = zarr.open_group(str(root), mode="w")
-    for name, (shape, dt, fill) in specs.items():
-        group.create_array(name, shape=shape, chunks=(b, *shape[1:]), dtype=dt, fill_value=fill,
-                           overwrite=True)
-    _write_json_atomic(done, sorted(specs))
+    arguments = asdict(o) | {"store": list(o.store), "signal": o.resolved_signal()}
+    _store.ensure_arrays(out, specs, o.batch_size, identity, arguments)
     return specs
 
 
@@ -500,18 +537,17 @@ def run(options: BatchOptions, *, explainer: Callable[[torch.nn.Module, str], Ca
     o = options
     _check_options(o)
     dist = _Dist(o.device)
-    try:
-        return _run(o, dist, explainer, model, data, t_start)
-    finally:
-        dist.close()
+    with contextlib.ExitStack() as stack:  # unwinds: writer thread, lock on OUT, process group
+        stack.callback(dist.close)
+        return _run(o, dist, explainer, model, data, t_start, stack)
 
 
-def _run(o, dist, explainer, loaded, source, t_start) -> BatchSummary:
+def _run(o, dist, explainer, loaded, source, t_start, stack: contextlib.ExitStack) -> BatchSummary:
     device = _resolve_device(o.device, dist)
     dtype = _DTYPES[o.dtype]
     classes = parse_classes(o.classes)
-    loaded = loaded or load_model(o.model)
-    source = source or load_data(o.data)
+    loaded = loaded or load_model(o.model, trust_code=o.trust_model_code)
+    source = source or load_data(o.data, max_pixels=o.max_pixels or None, hash_contents=o.hash_data)
     n = len(source)
     if n == 0:
         raise BatchError(f"--data {source.spec!r} holds no items")
@@ -541,19 +577,23 @@ def _run(o, dist, explainer, loaded, source, t_start) -> BatchSummary:
 
     preprocess = loaded.preprocess or source.preprocess
     items = _Items(source, preprocess)
-    img_shape, map_shape, num_classes = _probe(items, explain, device, dtype, autocast_ctx, classes, n)
+    img_shape, map_shape, num_classes = _probe(items, explain, device, dtype, autocast_ctx, classes, n,
+                                               model=model, classes_spec=o.classes)
 
     out = Path(o.out)
     identity = {"format": FORMAT, "model": loaded.fingerprint, "data": source.fingerprint,
                 "images": n, "image_shape": list(img_shape), **o.identity()}
     status = None
-    if dist.rank == 0:
+    if dist.rank == 0:  # rank 0 locks OUT for the whole run; the other ranks write only once it holds it
         try:
-            resumed = _prepare_out(out, identity, o.overwrite)
-            _create_arrays(out / "clear.zarr", o, n, map_shape, num_classes)
+            lock, resumed = _store.open_out(out, identity, o.overwrite, o.data)
+            stack.callback(lock.release)
+            _create_arrays(out, o, n, map_shape, num_classes, identity)
             status = ("ok", resumed)
         except BatchError as e:
             status = ("error", str(e))
+        except OSError as e:
+            status = ("error", _store.write_error(out, e))
     status = dist.broadcast(status)
     if status[0] == "error":
         raise BatchError(status[1])
@@ -566,11 +606,21 @@ def _run(o, dist, explainer, loaded, source, t_start) -> BatchSummary:
     chunks = _chunk_ranges(n, o.batch_size)
     chunk_dir = out / "chunks"
     mine = [k for k in range(len(chunks)) if k % dist.world == dist.rank]
-    todo = [k for k in mine if _read_json(chunk_dir / f"{k:06d}.json") is None]
-    if resumed and dist.rank == 0:
-        logger.info("resuming %s: %d of %d chunks already committed", out,
-                    len(chunks) - sum(1 for k in range(len(chunks))
-                                      if _read_json(chunk_dir / f"{k:06d}.json") is None), len(chunks))
+    # every committed chunk of this rank is checked against its commit record (sizes and
+    # SHA-256 of its files); those that fail are redone and reported
+    metas = {name: arr.metadata.to_dict() for name, arr in arrays.items()}
+    checked = _store.check_chunks(out, metas, chunks, mine)
+    todo = [k for k in mine if checked[k][0] != "ok"]
+    redone = [{"chunk": k, "reason": why} for k, (state, why) in checked.items() if state == "bad"]
+    for r in redone:
+        logger.info("%s: chunk %d is redone: %s", out, r["chunk"], r["reason"])
+    try:
+        _store.drop_records(out, [r["chunk"] for r in redone])
+    except OSError as e:
+        raise BatchError(_store.write_error(out, e)) from e
+    if resumed:
+        logger.info("resuming %s (rank %d): %d of %d chunks already committed and verified", out, dist.rank,
+                    len(mine) - len(todo), len(mine))
 
     loader = torch.utils.data.DataLoader(
         items, batch_sampler=[list(range(*chunks[k])) for k in todo], collate_fn=_Collate(img_shape),
@@ -589,22 +639,34 @@ def _run(o, dist, explainer, loaded, source, t_start) -> BatchSummary:
                desc=f"explain (rank 0/{dist.world})" if dist.active else "explain")
     writer_busy = [0.0]
 
+    failed = []
+
     def commit(k, start, stop, blocks, record, prep_s):
-        """Writes chunk k's arrays, flushes them, then its commit record (write-then-rename)."""
+        """Writes chunk k's arrays, flushes them and records their sizes and SHA-256, then
+        its sealed commit record (write-then-rename). After a failure it writes nothing."""
+        if failed:
+            return
         t = time.perf_counter()
-        for name, arr in arrays.items():
-            arr[start:stop] = blocks[name]
-        _fsync_chunk(out / "clear.zarr", arrays, k)
-        if delay:
-            time.sleep(delay)
-        record["timings"]["write_s"] = prep_s + time.perf_counter() - t
-        _write_json_atomic(chunk_dir / f"{k:06d}.json", record)
+        try:
+            for name, arr in arrays.items():
+                arr[start:stop] = blocks[name]
+            record["files"] = _store.commit_files(out, metas, k)
+            if delay:
+                time.sleep(delay)
+            record["timings"]["write_s"] = prep_s + time.perf_counter() - t
+            _write_json_atomic(chunk_dir / f"{k:06d}.json", _store.seal(record))
+        except BaseException as e:
+            failed.append(k)
+            if isinstance(e, OSError):
+                raise BatchError(_store.write_error(out, e)) from e
+            raise
         writer_busy[0] += time.perf_counter() - t
 
     import collections
     from concurrent.futures import ThreadPoolExecutor
 
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clear-native-writer")
+    stack.callback(writer.shutdown, wait=True, cancel_futures=True)  # before the lock goes, on any error
     pending = collections.deque()
     t_data = t_explain = t_write = 0.0
     images_run = errors_run = 0
@@ -643,6 +705,15 @@ def _run(o, dist, explainer, loaded, source, t_start) -> BatchSummary:
             dr = maps.dominant_response.detach().float().cpu().numpy()
             for r, s in zip(rows, _chunk_stats(dc, dr, pred, num_classes)):
                 stats[r] = s
+            finite = torch.isfinite(maps.logits.detach()).all(1).cpu().numpy()
+            for r, i, ok in zip(rows, batch["good"], finite):
+                if not ok:  # NaN / inf logits: no prediction; valid False, the reason in errors.json
+                    for name, arr in arrays.items():
+                        if name != "label":
+                            blocks[name][r] = arr.fill_value
+                    stats[r] = None
+                    batch["errors"] = sorted(batch["errors"] + [
+                        (i, "the model's logits for this image are not finite (NaN / infinite); not explained")])
             if render is not None:
                 _write_pngs(out / "png", render, maps, batch["good"], num_classes)
         table = []
@@ -680,12 +751,15 @@ def _run(o, dist, explainer, loaded, source, t_start) -> BatchSummary:
     del it, loader
 
     local = {"chunks_run": len(todo), "images_run": images_run, "data_s": t_data, "explain_s": t_explain, "write_s": t_write,
-             "writer_busy_s": writer_busy[0]}
+             "writer_busy_s": writer_busy[0], "redone": redone}
     gathered = dist.all_gather(local)
     summary = None
     if dist.rank == 0:
-        summary = _finalize(out, o, loaded, source, identity, n, img_shape, map_shape, num_classes,
-                            chunks, arrays, gathered, dist.world, t_start)
+        try:
+            summary = _finalize(out, o, loaded, source, identity, n, img_shape, map_shape, num_classes,
+                                chunks, arrays, gathered, dist.world, t_start)
+        except OSError as e:
+            raise BatchError(_store.write_error(out, e)) from e
     summary = dist.broadcast(summary)
     return summary
 
@@ -702,8 +776,11 @@ def _write_pngs(folder: Path, render, maps, indices, num_classes: int) -> None:
     for i, img in zip(indices, images):
         path = folder / f"{i:07d}.png"
         tmp = folder / f".{i:07d}.png.tmp"
-        Image.fromarray(img).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        try:
+            Image.fromarray(img).save(tmp, format="PNG")
+            os.replace(tmp, path)
+        except OSError as e:
+            raise BatchError(_store.write_error(folder.parent, e)) from e
 
 
 def _versions() -> dict:
@@ -735,6 +812,7 @@ def _finalize(out, o, loaded, source, identity, n, img_shape, map_shape, num_cla
         tmp.unlink(missing_ok=True)
     this_run = {key: sum(g[key] for g in gathered) for key in timings}
     chunks_run = sum(g["chunks_run"] for g in gathered)
+    redone = sorted((r for g in gathered for r in g.get("redone", [])), key=lambda r: r["chunk"])
     _write_table(out, rows, o.table)
     _write_json_atomic(out / "errors.json", errors)
     wall = time.perf_counter() - t_start
@@ -749,12 +827,14 @@ def _finalize(out, o, loaded, source, identity, n, img_shape, map_shape, num_cla
         "model": {"spec": loaded.spec, "kind": loaded.kind, "class": type(loaded.model).__name__,
                   "fingerprint": loaded.fingerprint},
         "data": {"spec": source.spec, "kind": source.kind, "fingerprint": source.fingerprint,
-                 "class_names": source.class_names, "notes": source.notes},
+                 "class_names": source.class_names, "labels": source.labels,
+                 "fingerprint_of": source.fingerprint_of, "notes": source.notes},
         "shapes": {"image": list(img_shape), "maps": list(map_shape), "num_classes": num_classes},
         "arrays": {name: {"dtype": str(a.dtype), "shape": list(a.shape), "chunks": list(a.chunks)}
                    for name, a in arrays.items()},
         "counts": {"images": n, "explained": explained, "errors": len(errors), "chunks": len(chunks),
-                   "chunks_this_invocation": chunks_run, "world_size": world},
+                   "chunks_this_invocation": chunks_run, "world_size": world,
+                   "chunks_redone": redone},  # committed chunks that failed the resume's check
         "errors": errors,
         "timings": {
             "wall_s": wall,
@@ -775,7 +855,7 @@ def _finalize(out, o, loaded, source, identity, n, img_shape, map_shape, num_cla
     }
     _write_json_atomic(out / "manifest.json", manifest)
     return BatchSummary(str(out), n, explained, errors, len(chunks), chunks_run, wall,
-                        images_run / wall if wall > 0 else 0.0, manifest["timings"])
+                        images_run / wall if wall > 0 else 0.0, manifest["timings"], redone)
 
 
 def _write_table(out: Path, rows: list[dict], fmt: str) -> None:
@@ -822,9 +902,27 @@ def add_arguments(p) -> None:
     if p.formatter_class is argparse.HelpFormatter:
         p.formatter_class = _HelpFormatter
     p.add_argument("--model", help="package.module:factory (returns a module or (module, preprocess)), "
-                   "a TorchScript file or a torch.export .pt2 file; default: the built-in MNIST model")
-    p.add_argument("--data", help="a folder of images (class sub-folders give labels), an .npz/.npy "
-                   "array, or package.module:function returning a data set; default: the built-in MNIST sample")
+                   "a TorchScript file or a torch.export .pt2 file; default: the built-in MNIST model.\n"
+                   "Inputs that run code: a package.module:factory (--model) or package.module:function "
+                   "(--data) always; a .pt2 file too (torch.export.load can run code stored in it), so "
+                   "it needs --trust-model-code; a TorchScript file runs its own TorchScript program "
+                   "(no Python, but any registered operator, file reads included): use files you trust")
+    p.add_argument("--data", help="a folder of images, an .npz/.npy array, or package.module:function "
+                   "returning a data set; default: the built-in MNIST sample.\n"
+                   "A folder's class sub-folders give the labels: their names where every name is an "
+                   "integer (9/ is label 9), else the index of the name in the sorted names (listed in "
+                   "the manifest). A folder's fingerprint (resume check) uses file metadata (path, size, "
+                   "modification time), not contents, unless --hash-data")
+    p.add_argument("--trust-model-code", action="store_true",
+                   help="load a torch.export .pt2 --model, which can run code stored in the file "
+                        "(refused without this flag)")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"image files larger than this (width x height, read from the file's header, "
+                        f"before decoding) are skipped as errors (default {MAX_PIXELS} = 8192 x 8192); "
+                        f"0: no limit but Pillow's own (twice PIL.Image.MAX_IMAGE_PIXELS)")
+    p.add_argument("--hash-data", action="store_true",
+                   help="fingerprint an image folder by its files' contents (reads every file once "
+                        "more) instead of their metadata")
     p.add_argument("--out", required=True, help="output folder (created; resumed when it holds the same run)")
     p.add_argument("--method", default="deconvnet", choices=("deconvnet", "guided", "gradient", "cam"))
     from clear_native.explain import SIGNALS
@@ -844,7 +942,9 @@ def add_arguments(p) -> None:
                    help=f"comma-separated maps to store: {', '.join(STORE_CHOICES)} (dominant,response)")
     p.add_argument("--response-dtype", default="float16", choices=("float16", "float32"))
     p.add_argument("--table", default="parquet", choices=("parquet", "csv"), help="per-image table format")
-    p.add_argument("--overwrite", action="store_true", help="replace whatever OUT holds")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh, deleting what a run wrote under OUT (refused when OUT holds "
+                        "anything but a clear-native run)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -854,7 +954,9 @@ def options_from_args(args) -> BatchOptions:
                         signal=args.signal, classes=args.classes, batch_size=args.batch_size, device=args.device,
                         dtype=args.dtype, autocast=args.autocast, workers=args.workers, store=store,
                         response_dtype=args.response_dtype, table=args.table, overwrite=args.overwrite,
-                        progress=args.progress)
+                        progress=args.progress, trust_model_code=getattr(args, "trust_model_code", False),
+                        max_pixels=getattr(args, "max_pixels", MAX_PIXELS),
+                        hash_data=getattr(args, "hash_data", False))
 
 
 def main(args) -> int:
@@ -873,6 +975,8 @@ def main(args) -> int:
               f"time in data {t['data_s']:.2f} s, explain {t['explain_s']:.2f} s, write {t['write_s']:.2f} s"
               + (f" ({share:.0%} outside explain)" if share is not None else "")
               + f"; results in {summary.out}", file=sys.stderr)
+        for r in summary.redone:
+            print(f"  redid chunk {r['chunk']}: {r['reason']}", file=sys.stderr)
         for e in summary.errors[:10]:
             print(f"  skipped {e['key']}: {e['reason']}", file=sys.stderr)
         if len(summary.errors) > 10:

@@ -48,6 +48,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse ``type=``: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def _names(kind: str):
     """argparse ``type=``: a comma-separated list of evaluate's method or signal names."""
     def parse(text: str) -> tuple[str, ...]:
@@ -67,6 +78,13 @@ def _explain(args: argparse.Namespace) -> int:
     from clear_native import batch
 
     return batch.main(args)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Check a batch run's store (see :mod:`clear_native.store`)."""
+    from clear_native import store
+
+    return store.main(args)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -123,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "evaluated once per signal; cam has none and runs once (default: response,logit)")
     ev.add_argument("--sanity-images", type=int, default=32,
                     help="images for the sanity check and the head randomisation (default 32)")
-    ev.add_argument("--limit", type=int, default=None, help="use the first N images only")
+    ev.add_argument("--limit", type=_positive_int, default=None, help="use the first N images only (N >= 1)")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--out", default="clear-eval")
     ev.set_defaults(func=_evaluate)
@@ -136,6 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(explain)
     explain.set_defaults(func=_explain)
+    verify = sub.add_parser(
+        "verify", help="check a batch run's output folder: every chunk against its commit record",
+        description="Check OUT of `clear-native explain`: every chunk file against the size and SHA-256 "
+                    "in its commit record, the records, the table and errors.json against the chunks, "
+                    "the run and array records. Prints what is wrong and which chunks to redo. "
+                    "--repair restores run.json / arrays.json / array metadata from their copies, "
+                    "rewrites the table and errors.json from the commit records, and deletes the "
+                    "commit records of bad chunks, so that rerunning the same explain command (printed) "
+                    "redoes exactly those. Exit status: 0 complete and sound, 1 something to redo or "
+                    "fix, 2 not a run / in use by a run / cannot write.")
+    verify.add_argument("out", metavar="OUT", help="the --out folder of a clear-native explain run")
+    verify.add_argument("--repair", action="store_true",
+                        help="fix what can be fixed and mark the bad chunks for redoing")
+    verify.set_defaults(func=_verify)
     train = sub.add_parser("train", help="train a built-in model (mnist, fashion-mnist)")
     train.add_argument("dataset", choices=["mnist", "fashion-mnist"])
     train.add_argument("--epochs", type=int, default=5)

@@ -9,6 +9,25 @@
 
 Both return fingerprints (sha256) that identify a run's inputs (see
 :mod:`clear_native.batch`). Pillow is imported lazily, only to read image folders.
+
+Inputs that can run code (see README, "Inputs that can run code"):
+
+* ``--model package.module:factory`` and ``--data package.module:function`` import
+  and run Python code: always.
+* ``--model x.pt2`` (``torch.export.load``) is code too: pickled weights, constants and
+  sample inputs are unpickled with ``weights_only=False`` (sample inputs fall back to it
+  when the safe loader fails), AOTInductor packages load shared libraries, and even an
+  archive of plain tensors runs Python: the graph's symbolic shape expressions are
+  parsed with ``sympy.sympify``, which evaluates them. Such files are loaded only with
+  ``trust_code=True`` (``--trust-model-code``), with a :class:`ModelCodeWarning`.
+* ``--model x.pt`` (``torch.jit.load``) runs the file's TorchScript program when the
+  model is called: no Python (no imports; the file's pickles go through TorchScript's
+  restricted unpickler), but any operator registered in the process, file reads with
+  ``torch.from_file`` included. It is loaded without the flag, as the program of
+  whoever wrote the file.
+* Image folders and ``.npz`` / ``.npy`` files are data: numpy loads with
+  ``allow_pickle=False``; images are decoded by Pillow, after a header check of their
+  size (:data:`MAX_PIXELS`).
 """
 from __future__ import annotations
 
@@ -24,6 +43,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+# Largest image (width x height, from the file's header) that an image folder's reader
+# decodes; larger files are per-image errors read no further (``--max-pixels``). Pillow's
+# own check (``PIL.Image.MAX_IMAGE_PIXELS``, 89,478,485) only warns below twice its
+# limit and so would let a 12000 x 12000 PNG of 140 KB be decoded in full (1.6 GB);
+# above twice its limit Pillow itself refuses the file, whatever this cap is.
+MAX_PIXELS = 1 << 26  # 67,108,864: 8192 x 8192
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _IMAGE_KEYS = ("images", "x", "X", "data", "inputs", "arr_0")
 _LABEL_KEYS = ("labels", "y", "Y", "targets", "label", "arr_1")
@@ -31,6 +56,10 @@ _LABEL_KEYS = ("labels", "y", "Y", "targets", "label", "arr_1")
 
 class BatchError(Exception):
     """A problem with the user's arguments or inputs (reported without a traceback)."""
+
+
+class ModelCodeWarning(UserWarning):
+    """A model file that can run code is being loaded (``trust_code=True``)."""
 
 
 # -- models -------------------------------------------------------------------------------
@@ -78,8 +107,16 @@ def state_dict_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def load_model(spec: str | None) -> LoadedModel:
-    """The model named by ``--model`` (on the CPU, in eval mode)."""
+TRUST_FLAG = "--trust-model-code"
+
+
+def load_model(spec: str | None, *, trust_code: bool = False) -> LoadedModel:
+    """The model named by ``--model`` (on the CPU, in eval mode).
+
+    A ``torch.export`` file (``.pt2``) is loaded only with ``trust_code=True`` (with a
+    :class:`ModelCodeWarning`): ``torch.export.load`` can run code stored in the file
+    (see the module's docstring), whatever its weights are.
+    """
     preprocess = None
     if spec is None:
         try:
@@ -100,9 +137,12 @@ def load_model(spec: str | None) -> LoadedModel:
         if path.is_file():
             try:
                 if path.suffix == ".pt2":
+                    _check_trusted_export(spec, trust_code)
                     obj, kind = torch.export.load(str(path)).module(), "export"
                 else:
                     obj, kind = torch.jit.load(str(path), map_location="cpu"), "torchscript"
+            except BatchError:
+                raise
             except Exception as e:  # noqa: BLE001 - any loader failure is the user's file
                 raise BatchError(f"--model {spec!r}: cannot load it as a "
                                  f"{'torch.export (.pt2)' if path.suffix == '.pt2' else 'TorchScript'} "
@@ -129,6 +169,21 @@ def load_model(spec: str | None) -> LoadedModel:
     return LoadedModel(obj, preprocess, spec_name, kind, state_dict_fingerprint(obj))
 
 
+def _check_trusted_export(spec: str, trust_code: bool) -> None:
+    """Refuses a .pt2 file unless ``trust_code``; warns when it is loaded."""
+    if not trust_code:
+        raise BatchError(
+            f"--model {spec!r}: a torch.export (.pt2) file can run code when it is loaded "
+            "(torch.export.load unpickles pickled weights, constants and sample inputs, loads "
+            "AOTInductor libraries, and evaluates the graph's shape expressions with "
+            f"sympy.sympify), so it is loaded only with {TRUST_FLAG}: pass it if you trust "
+            "whoever wrote the file, or give the model as package.module:factory")
+    import warnings
+
+    warnings.warn(f"--model {spec!r}: loading a torch.export (.pt2) file with {TRUST_FLAG}: "
+                  "torch.export.load runs code stored in the file", ModelCodeWarning, stacklevel=3)
+
+
 # -- data ---------------------------------------------------------------------------------
 
 @dataclass
@@ -143,19 +198,35 @@ class DataSource:
     class_names: list[str] | None = None
     preprocess: Callable | None = None   # the data set's own preprocessing, if any
     notes: list[str] = field(default_factory=list)
+    labels: str | None = None     # how the labels were obtained (written to the manifest)
+    fingerprint_of: str | None = None    # what the fingerprint covers (written to the manifest)
 
     def __len__(self) -> int:
         return len(self.keys)
 
 
 class _FolderReader:
-    def __init__(self, paths: list[str], labels: list[int]):
-        self.paths, self.labels = paths, labels
+    def __init__(self, paths: list[str], labels: list[int], max_pixels: int | None = MAX_PIXELS):
+        self.paths, self.labels, self.max_pixels = paths, labels, max_pixels
 
     def read(self, i: int):
+        import warnings
+
         from PIL import Image
 
-        with Image.open(self.paths[i]) as img:
+        with warnings.catch_warnings():
+            # Pillow warns above PIL.Image.MAX_IMAGE_PIXELS; the cap below decides instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                img = Image.open(self.paths[i])  # reads the header only
+            except Image.DecompressionBombError as e:
+                raise ValueError(f"{e} (Pillow's own limit, PIL.Image.MAX_IMAGE_PIXELS); "
+                                 "not decoded") from None
+        with img:
+            w, h = img.size
+            if self.max_pixels and w * h > self.max_pixels:
+                raise ValueError(f"the image is {w} x {h} = {w * h} pixels, above the limit of "
+                                 f"{self.max_pixels} (--max-pixels); not decoded")
             img.load()
             if img.mode == "1":
                 img = img.convert("L")
@@ -206,28 +277,64 @@ def _hash_file(h, path: Path) -> None:
             h.update(block)
 
 
-def _folder(path: Path) -> DataSource:
-    top_dirs = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+def folder_labels(names: list[str]) -> tuple[dict[str, int], list[str] | None, str]:
+    """Labels of class sub-folders: ``(label of each name, class names, rule)``.
+
+    Where every name is a non-negative integer (``0/`` ... ``9/``, ``007/``), the label
+    is that integer (folder ``9/`` is label 9 whether or not ``8/`` exists) and there are
+    no class names. Otherwise the names are sorted and a folder's label is its index in
+    that list, the class names.
+    """
+    if names and all(n.isascii() and n.isdigit() and len(n.lstrip("0")) <= 9 for n in names):
+        ints = {n: int(n) for n in names}
+        if len(set(ints.values())) == len(ints):  # "7" and "07" would share a label
+            return ints, None, "the class sub-folder's name, an integer (folder 9/ is label 9)"
+    names = sorted(names)
+    return ({n: i for i, n in enumerate(names)}, names,
+            "the index of the class sub-folder's name in class_names (the folder names, sorted)")
+
+
+_FOLDER_FP_META = ("each file's path relative to DATA, size and modification time (file metadata, "
+                   "not the contents: pass --hash-data to hash the contents)")
+_FOLDER_FP_CONTENT = "each file's path relative to DATA and its contents (sha256, --hash-data)"
+
+
+def _folder(path: Path, max_pixels: int | None = MAX_PIXELS, hash_contents: bool = False) -> DataSource:
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
     if not files:
         raise BatchError(f"--data {str(path)!r}: the folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
     rel = [p.relative_to(path) for p in files]
-    class_of = {d: i for i, d in enumerate(top_dirs)}
-    labels = [class_of[r.parts[0]] if len(r.parts) > 1 else -1 for r in rel]
-    h = hashlib.sha256(b"folder")
-    for r, p in zip(rel, files):
-        st = p.stat()
-        h.update(f"{r.as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     used = sorted({r.parts[0] for r in rel if len(r.parts) > 1})
+    # the classes: the top-level sub-folders holding at least one image (an empty or
+    # stray folder does not shift the labels); images directly in DATA get -1
+    class_of, names, rule = folder_labels(used)
+    labels = [class_of[r.parts[0]] if len(r.parts) > 1 else -1 for r in rel]
+    if not used:
+        names, rule = None, "none (no class sub-folders): -1"
+    h = hashlib.sha256(b"folder-contents" if hash_contents else b"folder")
+    for r, p in zip(rel, files):
+        if hash_contents:
+            h.update(f"{r.as_posix()}\0".encode())
+            fh = hashlib.sha256()
+            try:
+                _hash_file(fh, p)
+            except OSError as e:  # an unreadable file: its read fails later, per image
+                fh.update(f"unreadable: {type(e).__name__}".encode())
+            h.update(fh.digest())
+        else:
+            st = p.stat()
+            h.update(f"{r.as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return DataSource(str(path), "folder", [r.as_posix() for r in rel], h.hexdigest(),
-                      _FolderReader([str(p) for p in files], labels),
-                      class_names=top_dirs if used else None)
+                      _FolderReader([str(p) for p in files], labels, max_pixels),
+                      class_names=names, labels=rule,
+                      fingerprint_of=_FOLDER_FP_CONTENT if hash_contents else _FOLDER_FP_META)
 
 
 def _arrays(path: Path) -> DataSource:
     h = hashlib.sha256(path.suffix.encode())
     _hash_file(h, path)
+    lkey = None
     try:
         if path.suffix == ".npy":
             images, labels = np.load(path, mmap_mode="r", allow_pickle=False), None
@@ -251,7 +358,9 @@ def _arrays(path: Path) -> DataSource:
     if labels is not None and labels.shape[:1] != images.shape[:1]:
         raise BatchError(f"--data {str(path)!r}: {len(labels)} labels for {len(images)} images")
     return DataSource(str(path), path.suffix[1:], [str(i) for i in range(len(images))], h.hexdigest(),
-                      _ArrayReader(images, labels))
+                      _ArrayReader(images, labels),
+                      labels="none: -1" if labels is None else f"the file's {lkey!r} array",
+                      fingerprint_of="the file's contents (sha256)")
 
 
 def _factory(spec: str) -> DataSource:
@@ -272,7 +381,10 @@ def _factory(spec: str) -> DataSource:
                      "(give the data set a `fingerprint` attribute to identify its contents)")
     names = getattr(seq, "classes", None)
     return DataSource(spec, "factory", [str(i) for i in range(n)], str(fp), _SequenceReader(seq),
-                      class_names=list(names) if isinstance(names, (list, tuple)) else None, notes=notes)
+                      class_names=list(names) if isinstance(names, (list, tuple)) else None, notes=notes,
+                      labels="the data set's items", fingerprint_of=(
+                          "the data set's `fingerprint` attribute" if not notes
+                          else "the factory's name, the data set's type and length"))
 
 
 def _builtin() -> DataSource:
@@ -300,7 +412,8 @@ def _builtin() -> DataSource:
     keys = ([f"mnist-test:{int(j)}" for j in index] if index is not None and len(index) == len(images)
             else [str(i) for i in range(len(images))])
     return DataSource("builtin:mnist", "builtin", keys, h.hexdigest(),
-                      _ArrayReader(images, labels), class_names=names, preprocess=preprocess)
+                      _ArrayReader(images, labels), class_names=names, preprocess=preprocess,
+                      labels="the sample's labels", fingerprint_of="the sample's images and labels")
 
 
 def _unpack_sample(sample):
@@ -314,15 +427,24 @@ def _unpack_sample(sample):
             getattr(sample, "preprocess", None))
 
 
-def load_data(spec: str | None) -> DataSource:
-    """The data set named by ``--data``."""
+def load_data(spec: str | None, *, max_pixels: int | None = MAX_PIXELS,
+              hash_contents: bool = False) -> DataSource:
+    """The data set named by ``--data``.
+
+    ``max_pixels``: an image folder's files larger than this (width x height, read from
+    the header) are per-image errors, not decoded (None / 0: no limit beyond Pillow's).
+    ``hash_contents``: fingerprint an image folder by its files' contents; by default by
+    their metadata (relative path, size, modification time), so an edit that keeps a
+    file's size and modification time goes unnoticed on resume. Array files are always
+    hashed by contents.
+    """
     if spec is None:
         return _builtin()
     path = Path(spec)
     if path.is_dir():
         if not os.access(path, os.R_OK | os.X_OK):
             raise BatchError(f"--data {spec!r}: the folder is not readable")
-        return _folder(path)
+        return _folder(path, max_pixels, hash_contents)
     if path.is_file():
         if path.suffix not in (".npz", ".npy"):
             raise BatchError(f"--data {spec!r}: a data file must be .npz or .npy, got {path.suffix!r}")
@@ -339,7 +461,9 @@ def to_chw_float(img, preprocess: Callable | None = None) -> torch.Tensor:
 
     With ``preprocess``, its result (a tensor or array) is used. Otherwise integer
     images are scaled to [0, 1] (uint8 / 255, uint16 / 65535), (H, W) gets a channel
-    dim and (H, W, ch) with ch in {1, 3, 4} becomes (ch, H, W).
+    dim and (H, W, ch) with ch in {1, 3, 4} becomes (ch, H, W). An image with a NaN or
+    infinite value (after preprocessing) raises ValueError: it is skipped and reported,
+    never explained.
     """
     if preprocess is not None:
         img = preprocess(img)
@@ -369,4 +493,10 @@ def to_chw_float(img, preprocess: Callable | None = None) -> torch.Tensor:
         t = t.unsqueeze(0)
     if t.dim() != 3:
         raise ValueError(f"expected an image (H, W), (ch, H, W) or (H, W, ch), got shape {tuple(t.shape)}")
+    if t.is_floating_point():
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            nan = int(torch.isnan(t).sum())
+            raise ValueError(f"the image has {nan} NaN and {int((~finite).sum()) - nan} infinite "
+                             "values (after preprocessing); not explained")
     return t.contiguous()

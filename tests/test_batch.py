@@ -259,8 +259,9 @@ def test_saved_model_files(tmp_path, fmt):
     np.savez(data, images=images)
     # --signal logit: the response signal needs the feature map entering the global
     # pooling, which a TorchScript / exported graph does not expose as a module
+    trust = ["--trust-model-code"] if fmt == "export" else []  # a .pt2 file can run code
     assert explain("--model", path, "--data", data, "--out", out, "--batch-size", 32,
-                   "--method", "gradient", "--signal", "logit", "--classes", "top-3") == 0
+                   "--method", "gradient", "--signal", "logit", "--classes", "top-3", *trust) == 0
     x = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]
     explainer = clear_native.Clear(tiny_model(), method="gradient", signal="logit")
     want = torch.cat([explainer(x[s:s + 32], classes=3).dominant_class for s in range(0, 48, 32)])
