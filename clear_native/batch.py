@@ -17,6 +17,9 @@ every image of DATA with CLEAR and writes, under ``OUT``:
       ``rival_response`` (negative focus) of ``target``: the prediction, or with
       ``--classes LIST`` the listed class with the highest logit
     * ``--store weakest``: ``weakest_class``, ``weakest_response``
+    * ``--store input``: ``input`` (N, ch, H, W) uint8, the model's input as a picture:
+      the preprocessed image times 255 where it lies in [0, 1], else stretched to 0-255
+      per channel (a normalised image); what ``clear-native report`` shows the maps over
 
     Class arrays use the smallest signed integer type that holds C (int8 up to 127
     classes, int16 up to 32767, else int32) with ``-1`` for "no class"; responses are
@@ -34,7 +37,9 @@ every image of DATA with CLEAR and writes, under ``OUT``:
     responds 0, e.g. black background under deconvnet, is a tie and goes to class 0.)
 ``OUT/errors.json``  ``[{"index", "key", "reason"}]`` of the images that were skipped.
 ``OUT/manifest.json``  arguments, versions, model / data fingerprints, shapes, counts,
-    errors and the time spent reading data, explaining and writing. Written last: its
+    errors, the time spent reading data, explaining and writing, and ``results``
+    (:func:`run_results`: accuracy over the explained images with a label, how much the
+    prediction dominates; for the built-in sample, how it was drawn). Written last: its
     presence means the run is complete. ``arguments.signal`` and ``identity.signal``
     hold the back-projected signal actually used (``"response"``: the class map's
     response, the default of deconvnet / guided / gradient; ``"logit"``: the gradient
@@ -80,14 +85,14 @@ import numpy as np
 import torch
 
 from clear_native import store as _store
-from clear_native.io import (MAX_PIXELS, BatchError, DataSource, LoadedModel, load_data, load_model,
-                             to_chw_float)
+from clear_native.io import (MAX_PIXELS, PREPROCESS_CHOICES, BatchError, DataSource, LoadedModel, load_data,
+                             load_model, resolve_preprocess, to_chw_float)
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "clear-native-batch/1"
 EXIT_OK, EXIT_USAGE, EXIT_ERRORS = 0, 2, 3
-STORE_CHOICES = ("dominant", "response", "runner_up", "focus", "weakest", "png")
+STORE_CHOICES = ("dominant", "response", "runner_up", "focus", "weakest", "input", "png")
 _STORE_FIELDS = {
     "dominant": (("dominant_class", "class"),),
     "response": (("dominant_response", "response"),),
@@ -122,6 +127,8 @@ class BatchOptions:
     trust_model_code: bool = False  # load a .pt2 file (torch.export.load can run code in it)
     max_pixels: int = MAX_PIXELS  # larger image files (from the header) are per-image errors; 0: no cap
     hash_data: bool = False       # fingerprint an image folder by contents (default: file metadata)
+    preprocess: str | None = None  # "imagenet", "none", "package.module:callable"; None: the model's / data's own
+    weights: str | None = None    # a state_dict file loaded into the model (torch.load(weights_only=True))
 
     def resolved_signal(self) -> str | None:
         """The signal the run back-projects: ``signal``, or the method's default
@@ -138,7 +145,8 @@ class BatchOptions:
                                               "response_dtype", "table")} | {
             "signal": self.resolved_signal(), "store": sorted(self.store)} | (
             # which images are skipped; recorded only when not the default (older runs match)
-            {"max_pixels": self.max_pixels} if self.max_pixels != MAX_PIXELS else {})
+            {"max_pixels": self.max_pixels} if self.max_pixels != MAX_PIXELS else {}) | (
+            {"preprocess": self.preprocess} if self.preprocess is not None else {})
 
 
 @dataclass
@@ -153,6 +161,7 @@ class BatchSummary:
     images_per_s: float
     timings: dict = field(default_factory=dict)
     redone: list = field(default_factory=list)  # [{"chunk", "reason"}]: committed chunks that failed the check
+    results: dict = field(default_factory=dict)  # accuracy and dominance over the run (manifest "results")
 
     @property
     def exit_code(self) -> int:
@@ -388,6 +397,9 @@ def _check_options(o: BatchOptions) -> None:
     if bad:
         raise BatchError(f"--store: unknown item(s) {bad}; choose from {', '.join(STORE_CHOICES)}")
     parse_classes(o.classes)
+    if o.preprocess is not None and o.preprocess not in PREPROCESS_CHOICES and ":" not in o.preprocess:
+        raise BatchError(f"--preprocess {o.preprocess!r}: expected {', '.join(PREPROCESS_CHOICES)} or "
+                         "package.module:callable")
     if "png" in o.store:
         import importlib.util
 
@@ -439,17 +451,26 @@ def _probe(items: _Items, explain: Callable, device, dtype, autocast_ctx, classe
                          f"{'; '.join(reasons)}); nothing to explain")
     shape = max(counts, key=counts.get)  # the first of the most common (dicts keep insertion order)
     x = first[shape][None].to(device, dtype)
-    if model is not None and classes_spec is not None:
-        with torch.no_grad(), autocast_ctx():
-            logits = model(x)
-        if isinstance(logits, torch.Tensor) and logits.dim() == 2:
-            parse_classes(classes_spec, int(logits.shape[1]))
     try:
+        if model is not None and classes_spec is not None:
+            with torch.no_grad(), autocast_ctx():
+                logits = model(x)
+            if isinstance(logits, torch.Tensor) and logits.dim() == 2:
+                parse_classes(classes_spec, int(logits.shape[1]))
         with autocast_ctx():
             maps = explain(x, None, classes)
     except ValueError as e:  # Clear's message for a model it cannot explain this way
         raise BatchError(f"cannot explain this model with these options (--method / --signal / "
                          f"--classes): {e}") from e
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except RuntimeError as e:  # e.g. 1-channel images for an RGB model, or unresized photos
+        from clear_native.io import _first_lines
+
+        raise BatchError(f"the model fails on the images of DATA as preprocessed (the first has shape "
+                         f"{shape}): {type(e).__name__}: {_first_lines(str(e), 2)}; give a --preprocess "
+                         f"that makes them what the model expects (--preprocess imagenet: 3 x 224 x 224, "
+                         f"ImageNet mean / std)") from e
     return shape, tuple(maps.dominant_class.shape[1:]), int(maps.logits.shape[1])
 
 
@@ -463,7 +484,8 @@ def _shown(identity: dict, key: str) -> str:
     return json.dumps(v)
 
 
-def _create_arrays(out: Path, o: BatchOptions, n: int, map_shape, num_classes: int, identity: dict):
+def _create_arrays(out: Path, o: BatchOptions, n: int, map_shape, num_classes: int, identity: dict,
+                   img_shape=None):
     """Creates (or, resuming, checks and restores without touching a chunk file) the arrays
     under ``OUT/clear.zarr`` and ``OUT/arrays.json`` (see :func:`clear_native.store.ensure_arrays`)."""
     cdt = class_dtype(num_classes)
@@ -473,6 +495,8 @@ def _create_arrays(out: Path, o: BatchOptions, n: int, map_shape, num_classes: i
     for item in o.store:
         for name, kind in _STORE_FIELDS.get(item, ()):
             specs[name] = ((n, *map_shape), cdt if kind == "class" else rdt, -1 if kind == "class" else np.nan)
+    if "input" in o.store:
+        specs["input"] = ((n, *img_shape), np.uint8, 0)
     arguments = asdict(o) | {"store": list(o.store), "signal": o.resolved_signal()}
     _store.ensure_arrays(out, specs, o.batch_size, identity, arguments)
     return specs
@@ -546,7 +570,7 @@ def _run(o, dist, explainer, loaded, source, t_start, stack: contextlib.ExitStac
     device = _resolve_device(o.device, dist)
     dtype = _DTYPES[o.dtype]
     classes = parse_classes(o.classes)
-    loaded = loaded or load_model(o.model, trust_code=o.trust_model_code)
+    loaded = loaded or load_model(o.model, trust_code=o.trust_model_code, weights=o.weights)
     source = source or load_data(o.data, max_pixels=o.max_pixels or None, hash_contents=o.hash_data)
     n = len(source)
     if n == 0:
@@ -575,7 +599,7 @@ def _run(o, dist, explainer, loaded, source, t_start, stack: contextlib.ExitStac
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=_DTYPES[o.autocast])
 
-    preprocess = loaded.preprocess or source.preprocess
+    preprocess = resolve_preprocess(o.preprocess, loaded, source)
     items = _Items(source, preprocess)
     img_shape, map_shape, num_classes = _probe(items, explain, device, dtype, autocast_ctx, classes, n,
                                                model=model, classes_spec=o.classes)
@@ -588,7 +612,7 @@ def _run(o, dist, explainer, loaded, source, t_start, stack: contextlib.ExitStac
         try:
             lock, resumed = _store.open_out(out, identity, o.overwrite, o.data)
             stack.callback(lock.release)
-            _create_arrays(out, o, n, map_shape, num_classes, identity)
+            _create_arrays(out, o, n, map_shape, num_classes, identity, img_shape)
             status = ("ok", resumed)
         except BatchError as e:
             status = ("error", str(e))
@@ -696,11 +720,13 @@ def _run(o, dist, explainer, loaded, source, t_start, stack: contextlib.ExitStac
             blocks["valid"][rows] = True
             pred = maps.prediction.cpu().numpy()
             for name in arrays:
-                if name in ("valid", "label"):
+                if name in ("valid", "label", "input"):
                     continue
                 v = getattr(maps, name)
                 v = v.detach().float().cpu().numpy() if v.dtype.is_floating_point else v.cpu().numpy()
                 blocks[name][rows] = v.astype(blocks[name].dtype, copy=False)
+            if "input" in blocks:
+                blocks["input"][rows] = input_pictures(batch["images"])
             dc = maps.dominant_class.cpu().numpy()
             dr = maps.dominant_response.detach().float().cpu().numpy()
             for r, s in zip(rows, _chunk_stats(dc, dr, pred, num_classes)):
@@ -762,6 +788,17 @@ def _run(o, dist, explainer, loaded, source, t_start, stack: contextlib.ExitStac
             raise BatchError(_store.write_error(out, e)) from e
     summary = dist.broadcast(summary)
     return summary
+
+
+def input_pictures(images: torch.Tensor) -> np.ndarray:
+    """(n, ch, H, W) model inputs as uint8 pictures: x 255 for an image within [0, 1], else
+    each channel stretched from its min to its max (a normalised input: mean / std)."""
+    x = images.detach().float().cpu()
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    unit = ((lo >= 0) & (hi <= 1)).flatten(1).all(1).view(-1, 1, 1, 1)
+    stretched = (x - lo) / (hi - lo).clamp_min(1e-12)
+    return (torch.where(unit, x, stretched) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def _write_pngs(folder: Path, render, maps, indices, num_classes: int) -> None:
@@ -852,10 +889,44 @@ def _finalize(out, o, loaded, source, identity, n, img_shape, map_shape, num_cla
                     "while the next batch is explained (writer_busy_s: its own busy time)",
         },
         "identity": identity,
+        "results": run_results(rows, num_classes, source.kind),
     }
     _write_json_atomic(out / "manifest.json", manifest)
     return BatchSummary(str(out), n, explained, errors, len(chunks), chunks_run, wall,
-                        images_run / wall if wall > 0 else 0.0, manifest["timings"], redone)
+                        images_run / wall if wall > 0 else 0.0, manifest["timings"], redone,
+                        manifest["results"])
+
+
+def run_results(rows: list[dict], num_classes: int, data_kind: str | None = None) -> dict:
+    """What the numbers of a run are (manifest ``results``): accuracy over the explained
+    images that have a label, and how much the prediction dominates its own map."""
+    valid = [r for r in rows if r["valid"]]
+    labelled = [r for r in valid if r["label"] >= 0]
+    correct = [r for r in labelled if r["label"] == r["prediction"]]
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    out = {"explained": len(valid), "labelled": len(labelled), "correct": len(correct),
+           "accuracy": len(correct) / len(labelled) if labelled else None,
+           "prediction_share": mean(r["prediction_share"] for r in valid),
+           "agrees": mean(float(r["agrees"]) for r in valid),
+           "prediction_share_strong_correct": mean(r["prediction_share_strong"] for r in correct),
+           "chance": 1.0 / num_classes if num_classes else None,
+           "note": "accuracy: prediction == label over the explained images with a label (label >= 0), "
+                   "on DATA's own mix of images; prediction_share: mean share of the pixels whose "
+                   "dominant class is the prediction; agrees: share of the images whose most dominant "
+                   "class is the prediction; prediction_share_strong_correct: the prediction's mean share "
+                   "of the strong pixels of correctly classified images (chance: 1 / classes)"}
+    if data_kind == "builtin":
+        with contextlib.suppress(Exception):  # the shipped sample's record, when there is one
+            from clear_native.demo import sample_info, sample_note
+
+            out["sample"] = sample_info("mnist")
+            note = sample_note({"sample": out["sample"]})
+            out["sample_note"] = "the built-in " + note.replace("sample enriched", "sample is enriched", 1)
+    return out
 
 
 def _write_table(out: Path, rows: list[dict], fmt: str) -> None:
@@ -902,7 +973,9 @@ def add_arguments(p) -> None:
     if p.formatter_class is argparse.HelpFormatter:
         p.formatter_class = _HelpFormatter
     p.add_argument("--model", help="package.module:factory (returns a module or (module, preprocess)), "
-                   "a TorchScript file or a torch.export .pt2 file; default: the built-in MNIST model.\n"
+                   "torchvision.models:NAME or timm:NAME (built without pretrained weights: nothing is "
+                   "downloaded; give them with --weights), a TorchScript file or a torch.export .pt2 file; "
+                   "default: the built-in MNIST model.\n"
                    "Inputs that run code: a package.module:factory (--model) or package.module:function "
                    "(--data) always; a .pt2 file too (torch.export.load can run code stored in it), so "
                    "it needs --trust-model-code; a TorchScript file runs its own TorchScript program "
@@ -913,6 +986,22 @@ def add_arguments(p) -> None:
                    "integer (9/ is label 9), else the index of the name in the sorted names (listed in "
                    "the manifest). A folder's fingerprint (resume check) uses file metadata (path, size, "
                    "modification time), not contents, unless --hash-data")
+    p.add_argument("--weights", metavar="FILE",
+                   help="a state_dict file (torch.save(model.state_dict(), FILE)) loaded into the model with "
+                        "torch.load(weights_only=True): tensors only, no code; a checkpoint dict holding it "
+                        "under 'state_dict' / 'model' / 'model_state_dict' is unwrapped")
+    p.add_argument("--preprocess", metavar="SPEC",
+                   help="what each image goes through before the model:\n"
+                        "imagenet: resize the shorter side to 256, centre crop 224, scale to [0, 1], "
+                        "normalise with the ImageNet mean / std (torchvision's ImageNet evaluation transform)\n"
+                        "package.module:callable: called with each image and returning a (ch, H, W) tensor "
+                        "or array; it receives an image file as a PIL image (torchvision's convention: a "
+                        "torchvision transform works as it is), an .npz / .npy item as a numpy array, a "
+                        "data set function's item as the data set returns it (array, tensor or PIL image)\n"
+                        "none: no preprocess, even where the model factory or the data set has one\n"
+                        "default: the model factory's preprocess, else the data set's own, else none: "
+                        "integer images scaled to [0, 1] (uint8 / 255). Images of mixed sizes work once the "
+                        "preprocess gives them one size; the others are skipped, each with its reason")
     p.add_argument("--trust-model-code", action="store_true",
                    help="load a torch.export .pt2 --model, which can run code stored in the file "
                         "(refused without this flag)")
@@ -939,7 +1028,9 @@ def add_arguments(p) -> None:
                    help="run the model under torch.autocast in this dtype")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0)")
     p.add_argument("--store", default="dominant,response",
-                   help=f"comma-separated maps to store: {', '.join(STORE_CHOICES)} (dominant,response)")
+                   help=f"comma-separated maps to store: {', '.join(STORE_CHOICES)} (dominant,response); "
+                        "focus gives the report's positive / negative focus and binary views, input the "
+                        "model's input (uint8) that the report shows the maps over")
     p.add_argument("--response-dtype", default="float16", choices=("float16", "float32"))
     p.add_argument("--table", default="parquet", choices=("parquet", "csv"), help="per-image table format")
     p.add_argument("--overwrite", action="store_true",
@@ -956,7 +1047,31 @@ def options_from_args(args) -> BatchOptions:
                         response_dtype=args.response_dtype, table=args.table, overwrite=args.overwrite,
                         progress=args.progress, trust_model_code=getattr(args, "trust_model_code", False),
                         max_pixels=getattr(args, "max_pixels", MAX_PIXELS),
-                        hash_data=getattr(args, "hash_data", False))
+                        hash_data=getattr(args, "hash_data", False),
+                        preprocess=getattr(args, "preprocess", None), weights=getattr(args, "weights", None))
+
+
+def summary_lines(results: dict) -> list[str]:
+    """The run's numbers in words (from manifest ``results``, see :func:`run_results`)."""
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    lines = []
+    if results.get("labelled"):
+        lines.append(f"accuracy {pct(results['accuracy'])} ({results['correct']} of the {results['labelled']} "
+                     "explained images with a label: prediction == label, on DATA as given)")
+    elif "labelled" in results:
+        lines.append("accuracy: n/a (no explained image has a label)")
+    if results.get("sample_note"):
+        lines.append(f"note: {results['sample_note']}")
+    if results.get("prediction_share") is not None:
+        lines.append(f"the prediction dominates {pct(results['prediction_share'])} of an image's pixels on "
+                     f"average; it is the most dominant class in {pct(results['agrees'])} of the images")
+    if results.get("prediction_share_strong_correct") is not None:
+        lines.append(f"class sensitivity: the prediction's share of the strong pixels of correctly classified "
+                     f"images {pct(results['prediction_share_strong_correct'])} (chance "
+                     f"{pct(results['chance'])})")
+    return lines
 
 
 def main(args) -> int:
@@ -971,10 +1086,15 @@ def main(args) -> int:
         share = t.get("outside_explain_share")
         print(f"clear-native explain: {summary.images} images ({summary.explained} explained, "
               f"{len(summary.errors)} errors) in {summary.wall_s:.2f} s, "
-              f"{summary.images_per_s:.1f} images/s; chunks {summary.chunks_run} of {summary.chunks} run now; "
-              f"time in data {t['data_s']:.2f} s, explain {t['explain_s']:.2f} s, write {t['write_s']:.2f} s"
-              + (f" ({share:.0%} outside explain)" if share is not None else "")
-              + f"; results in {summary.out}", file=sys.stderr)
+              f"{summary.images_per_s:.1f} images/s; chunks {summary.chunks_run} of {summary.chunks} run now",
+              file=sys.stderr)
+        for line in summary_lines(summary.results):
+            print(f"  {line}", file=sys.stderr)
+        print(f"  time (this invocation, {t.get('images_this_invocation', 0)} images): reading data "
+              f"{t['data_s']:.2f} s, explaining {t['explain_s']:.2f} s, writing {t['write_s']:.2f} s"
+              + (f" ({share:.0%} outside explaining)" if share is not None else ""), file=sys.stderr)
+        print(f"  results in {summary.out} (table, maps, manifest.json); a results page: "
+              f"clear-native report {summary.out}", file=sys.stderr)
         for r in summary.redone:
             print(f"  redid chunk {r['chunk']}: {r['reason']}", file=sys.stderr)
         for e in summary.errors[:10]:

@@ -87,6 +87,13 @@ def _verify(args: argparse.Namespace) -> int:
     return store.main(args)
 
 
+def _report(args: argparse.Namespace) -> int:
+    """A static results page over a batch run (see :mod:`clear_native.report`)."""
+    from clear_native import report
+
+    return report.main(args)
+
+
 def _train(args: argparse.Namespace) -> int:
     """Train a built-in model, write weights, checksum and log to --out."""
     import logging
@@ -168,6 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--repair", action="store_true",
                         help="fix what can be fixed and mark the bad chunks for redoing")
     verify.set_defaults(func=_verify)
+    report = sub.add_parser(
+        "report", help="a static results page (OUT/report/index.html) over a finished explain run",
+        description="Write OUT/report/: index.html (open it from disk, no server), data/index.js and the "
+                    "pictures. The page: the run's summary (accuracy, class sensitivity, throughput, errors, "
+                    "per class), a paged grid of CLEAR overlays with filters (misclassified, by class, by how "
+                    "much the prediction dominates) and sorted views, and a view per image (input, positive / "
+                    "negative focus, CLEAR map, binary map, class legend). A rerun draws only missing pictures. "
+                    "Exit status: 0 written, 2 not a finished run / bad arguments / cannot write.")
+    from clear_native.report import add_arguments as report_arguments
+
+    report_arguments(report)
+    report.set_defaults(func=_report)
     train = sub.add_parser("train", help="train a built-in model (mnist, fashion-mnist)")
     train.add_argument("dataset", choices=["mnist", "fashion-mnist"])
     train.add_argument("--epochs", type=int, default=5)

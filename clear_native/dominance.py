@@ -47,6 +47,23 @@ class TensorFields:
             out[f.name] = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
         return out
 
+    # Notebooks and analysis (implemented in clear_native.report).
+    def _repr_png_(self):
+        """Jupyter: the first few images' CLEAR maps with the class legend (PNG)."""
+        from clear_native.report import maps_png
+        return maps_png(self)
+
+    def _repr_html_(self):
+        """Jupyter: the first few images' CLEAR maps with the class legend (HTML)."""
+        from clear_native.report import maps_html
+        return maps_html(self)
+
+    def to_xarray(self, class_names=None):
+        """The fields as an ``xarray.Dataset`` with named dimensions (needs xarray; see
+        :func:`clear_native.report.maps_xarray`)."""
+        from clear_native.report import maps_xarray
+        return maps_xarray(self, class_names)
+
 
 @dataclass(frozen=True)
 class StreamRecord:

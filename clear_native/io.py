@@ -1,11 +1,23 @@
 """Inputs of batch explanation: models and data sets named on the command line.
 
 * :func:`load_model` -- ``package.module:factory`` (returns an ``nn.Module`` or
-  ``(module, preprocess)``), a TorchScript file (``torch.jit.load``), a
-  ``torch.export`` file (``.pt2``), or the built-in default model.
+  ``(module, preprocess)``), ``torchvision.models:NAME`` or ``timm:NAME`` (built
+  without pretrained weights: nothing is downloaded; ``weights=`` / ``--weights FILE``
+  loads a state_dict with ``torch.load(weights_only=True)``), a TorchScript file
+  (``torch.jit.load``), a ``torch.export`` file (``.pt2``), or the built-in default model.
 * :func:`load_data` -- a folder of images (class sub-folders give labels), an
   ``.npz`` / ``.npy`` array, a ``package.module:function`` returning a sequence or
   map-style ``Dataset``, or the built-in MNIST sample.
+* :func:`resolve_preprocess` -- what each image goes through before the model
+  (``--preprocess``): ``"imagenet"`` (:class:`ImagenetPreprocess`), ``"none"``, a
+  ``package.module:callable``, else the model factory's or the data set's own.
+
+A preprocess is called with each item as the data set gives it: an image file as a
+**PIL image** (torchvision's convention: ``Image.open`` + ``load``; palette, RGBA, CMYK
+... images converted to RGB, 1-bit to L, the others as stored), an ``.npz`` / ``.npy``
+item as a numpy array, a data set function's item as it returns it (array, tensor or
+PIL image). It returns a ``(ch, H, W)`` tensor or array (PIL images and ``(H, W[, ch])``
+arrays are converted as without a preprocess, see :func:`to_chw_float`).
 
 Both return fingerprints (sha256) that identify a run's inputs (see
 :mod:`clear_native.batch`). Pillow is imported lazily, only to read image folders.
@@ -69,7 +81,7 @@ class LoadedModel:
     model: nn.Module
     preprocess: Callable[[Any], torch.Tensor] | None
     spec: str
-    kind: str           # "builtin", "factory", "torchscript" or "export"
+    kind: str           # "builtin", "factory", "torchvision", "timm", "torchscript" or "export"
     fingerprint: str    # sha256 of the state_dict (names, dtypes, shapes, bytes)
 
 
@@ -110,12 +122,14 @@ def state_dict_fingerprint(model: nn.Module) -> str:
 TRUST_FLAG = "--trust-model-code"
 
 
-def load_model(spec: str | None, *, trust_code: bool = False) -> LoadedModel:
+def load_model(spec: str | None, *, trust_code: bool = False, weights: str | None = None) -> LoadedModel:
     """The model named by ``--model`` (on the CPU, in eval mode).
 
     A ``torch.export`` file (``.pt2``) is loaded only with ``trust_code=True`` (with a
     :class:`ModelCodeWarning`): ``torch.export.load`` can run code stored in the file
-    (see the module's docstring), whatever its weights are.
+    (see the module's docstring), whatever its weights are. ``torchvision.models:NAME``
+    and ``timm:NAME`` are built without pretrained weights (nothing is downloaded);
+    ``weights``: a state_dict file loaded into the model (:func:`load_weights`).
     """
     preprocess = None
     if spec is None:
@@ -147,6 +161,8 @@ def load_model(spec: str | None, *, trust_code: bool = False) -> LoadedModel:
                 raise BatchError(f"--model {spec!r}: cannot load it as a "
                                  f"{'torch.export (.pt2)' if path.suffix == '.pt2' else 'TorchScript'} "
                                  f"file ({type(e).__name__}: {e})") from e
+        elif spec.partition(":")[0] in _ZOOS and spec.partition(":")[2]:
+            obj, kind = _zoo_model(spec), spec.partition(":")[0].split(".")[0]
         elif ":" in spec and not path.suffix in (".pt", ".pt2", ".ts", ".pth"):
             factory = _import_attr(spec, "--model")
             try:
@@ -166,7 +182,183 @@ def load_model(spec: str | None, *, trust_code: bool = False) -> LoadedModel:
         obj.eval()
     except (NotImplementedError, RuntimeError):  # some exported programs refuse .eval()
         pass
+    if weights is not None:
+        load_weights(obj, weights)
     return LoadedModel(obj, preprocess, spec_name, kind, state_dict_fingerprint(obj))
+
+
+_ZOOS = ("torchvision.models", "torchvision", "timm")
+
+
+def _zoo_model(spec: str) -> nn.Module:
+    """``torchvision.models:NAME`` / ``timm:NAME``, built without pretrained weights."""
+    zoo, _, name = spec.partition(":")
+    package = "timm" if zoo == "timm" else "torchvision"
+    try:
+        module = importlib.import_module("timm" if zoo == "timm" else "torchvision.models")
+    except ImportError as e:
+        raise BatchError(f"--model {spec!r} needs {package}, which is not installed here ({e}): "
+                         f"pip install {package}; or give the model as package.module:factory") from e
+    names = module.list_models()
+    known = module.is_model(name) if hasattr(module, "is_model") else name in names  # timm: "arch.tag" too
+    if not known:
+        near = [n for n in names if name.lower()[:4] in n.lower()][:8] or names[:8]
+        raise BatchError(f"--model {spec!r}: {package} has no model {name!r} (e.g. {', '.join(near)}; "
+                         f"{len(names)} in all: {package}{'' if zoo == 'timm' else '.models'}.list_models())")
+    try:
+        if zoo == "timm":
+            return module.create_model(name, pretrained=False)
+        return module.get_model(name, weights=None)
+    except Exception as e:  # noqa: BLE001 - a builder's failure is reported, not a traceback
+        raise BatchError(f"--model {spec!r}: building it failed ({type(e).__name__}: {e})") from e
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Loads the state_dict in ``path`` (``torch.load(weights_only=True)``: tensors only,
+    no code) into ``model``. A checkpoint dict holding it under ``state_dict`` /
+    ``model`` / ``model_state_dict`` is unwrapped, and a ``module.`` prefix on every key
+    (DistributedDataParallel) dropped. Missing, unexpected or misshapen entries are a
+    :class:`BatchError` naming the first few."""
+    from collections.abc import Mapping
+
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise BatchError(f"--weights {path!r}: cannot load it with torch.load(weights_only=True) "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(sd, Mapping) and isinstance(sd.get(key), Mapping):
+            sd = sd[key]
+            break
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise BatchError(f"--weights {path!r}: expected a state_dict (a dict of tensors), "
+                         f"got {type(sd).__name__}")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shapes that differ
+        raise BatchError(f"--weights {path!r} does not fit the model: {_first_lines(str(e))}") from e
+    if missing or unexpected:
+        def few(keys):
+            return ", ".join(list(keys)[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+        raise BatchError(f"--weights {path!r} does not fit the model: " + "; ".join(
+            f"{what} {len(keys)} entries: {few(keys)}" for what, keys in
+            (("missing", missing), ("unexpected", unexpected)) if keys))
+
+
+def _first_lines(text: str, n: int = 4) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " ".join(lines[:n]) + (f" ... ({len(lines) - n} more lines)" if len(lines) > n else "")
+
+
+# -- preprocessing ------------------------------------------------------------------------
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImagenetPreprocess:
+    """torchvision's ImageNet evaluation transform, without torchvision:
+    ``Resize(256)`` (shorter side to ``resize``, bilinear, antialiased), ``CenterCrop(224)``,
+    ``ToTensor()`` and ``Normalize(IMAGENET_MEAN, IMAGENET_STD)``; returns ``(3, crop, crop)``
+    float32. Grey images are repeated to 3 channels, an alpha channel is dropped.
+
+    A PIL image (or a uint8 ``(H, W[, ch])`` array, made a PIL image) is resized by Pillow,
+    as torchvision does for PIL images; a float array or a tensor (``(ch, H, W)``, float in
+    [0, 1] or uint8) by ``torch.nn.functional.interpolate(antialias=True)``, as torchvision
+    does for tensors. ``normalize=False`` gives the cropped image in [0, 1] (for display).
+    """
+
+    def __init__(self, resize: int = 256, crop: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 normalize: bool = True):
+        self.resize, self.crop, self.normalize = int(resize), int(crop), normalize
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __repr__(self) -> str:
+        return f"ImagenetPreprocess(resize={self.resize}, crop={self.crop}, normalize={self.normalize})"
+
+    def _size(self, h: int, w: int) -> tuple[int, int]:
+        """(H, W) with the shorter side ``resize`` (torchvision's rounding: int())."""
+        if w <= h:
+            return int(self.resize * h / w), self.resize
+        return self.resize, int(self.resize * w / h)
+
+    def _offsets(self, h: int, w: int) -> tuple[int, int]:
+        return int(round((h - self.crop) / 2.0)), int(round((w - self.crop) / 2.0))
+
+    def __call__(self, img) -> torch.Tensor:
+        from PIL import Image
+
+        if isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim in (2, 3) \
+                and (img.ndim == 2 or img.shape[-1] in (1, 3, 4)):
+            img = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img)
+        if isinstance(img, Image.Image):
+            t = self._pil(img)
+        else:
+            t = self._tensor(img if isinstance(img, torch.Tensor) else to_chw_float(img))
+        if self.normalize:
+            mean = torch.tensor(self.mean, dtype=t.dtype).view(3, 1, 1)
+            std = torch.tensor(self.std, dtype=t.dtype).view(3, 1, 1)
+            t = (t - mean) / std
+        return t
+
+    def _pil(self, img) -> torch.Tensor:
+        from PIL import Image
+
+        img = img.convert("RGB")
+        w, h = img.size
+        nh, nw = self._size(h, w)
+        if (nh, nw) != (h, w):
+            img = img.resize((nw, nh), Image.BILINEAR)
+        top, left = self._offsets(nh, nw)
+        img = img.crop((left, top, left + self.crop, top + self.crop))  # zero padding outside
+        arr = np.asarray(img, dtype=np.uint8)
+        return torch.from_numpy(arr.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+    def _tensor(self, t: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        t = t.detach()
+        t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
+        if t.dim() == 2:
+            t = t[None]
+        if t.dim() != 3:
+            raise ValueError(f"imagenet preprocess: expected an image (ch, H, W), got shape {tuple(t.shape)}")
+        t = t[:3] if t.shape[0] >= 3 else t[:1].expand(3, -1, -1)
+        h, w = t.shape[1:]
+        nh, nw = self._size(h, w)
+        if (nh, nw) != (h, w):
+            t = F.interpolate(t[None], size=(nh, nw), mode="bilinear", align_corners=False,
+                              antialias=True)[0]
+        top, left = self._offsets(nh, nw)
+        pad = [max(0, -left), max(0, left + self.crop - nw), max(0, -top), max(0, top + self.crop - nh)]
+        if any(pad):
+            t = F.pad(t, pad)
+            top, left = max(top, 0), max(left, 0)
+        return t[:, top:top + self.crop, left:left + self.crop].contiguous()
+
+
+PREPROCESS_CHOICES = ("imagenet", "none")
+
+
+def resolve_preprocess(spec: str | None, model: LoadedModel | None = None,
+                       data: DataSource | None = None) -> Callable | None:
+    """The preprocess of ``--preprocess``: ``"imagenet"`` (:class:`ImagenetPreprocess`),
+    ``"none"`` (no preprocess, even where the model or the data set has one),
+    ``package.module:callable`` (called with each image, see the module's docstring), or
+    None: the model factory's preprocess, else the data set's own, else none."""
+    if spec is None:
+        return (model.preprocess if model is not None else None) or (data.preprocess if data else None)
+    if spec == "imagenet":
+        return ImagenetPreprocess()
+    if spec == "none":
+        return None
+    if ":" not in spec:
+        raise BatchError(f"--preprocess {spec!r}: expected {', '.join(PREPROCESS_CHOICES)} or "
+                         "package.module:callable")
+    return _import_attr(spec, "--preprocess")
 
 
 def _check_trusted_export(spec: str, trust_code: bool) -> None:
@@ -232,8 +424,9 @@ class _FolderReader:
                 img = img.convert("L")
             elif img.mode not in ("L", "RGB", "I", "F", "I;16"):
                 img = img.convert("RGB")
-            arr = np.asarray(img)
-        return arr, self.labels[i]
+        # a PIL image, as torchvision hands it to a transform (to_chw_float converts it
+        # when there is no preprocess)
+        return img, self.labels[i]
 
     def label(self, i: int) -> int:
         return self.labels[i]
