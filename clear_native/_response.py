@@ -17,6 +17,12 @@ It reduces to
 * flatten + linear: ``g_c = W[c]`` reshaped to (K, h, w), ``M_c = W[c] . f(i, j) + b[c] / (h w)``;
 * any other head (MLP, ...): the gradient-times-input contribution above.
 
+Token models: ``f`` is a tensor that a ``to_grid`` reshape (select, reshape, permute)
+turns into the map (patch tokens of a vision transformer, channels-last maps;
+:mod:`clear_native._tokens`); the head's gradient is taken at ``f`` itself and put on the
+same grid, and the signal goes down from the reshaped map (zero at the dropped tokens).
+``method="cam"`` uses the same class maps, scaled by ``h w`` (:class:`clear_native.Clear`).
+
 The signal projected from ``f`` down to the input is ``g_c * relu(M_c)`` (``rectify``;
 the paper's ALL-CNN has a ReLU after the class convolution, so ``z_L >= 0``) or
 ``g_c * M_c``: on the paper's network ``e_c relu(z_L^c) / (h w)^2``, i.e. the class
@@ -35,53 +41,70 @@ class ResponseSignal:
 
     Args:
         logits: (N, C) the model's output (its graph reaches ``features``).
-        features: (N, K, h, w) the feature layer's output (the graph below reaches ``x``).
+        features: the feature layer's output: (N, K, h, w), or any tensor that
+            ``to_grid`` maps to (N, K, h, w) (patch tokens; :mod:`clear_native._tokens`).
+            The graph below it reaches ``x``.
         x: (N, ch, H, W) the input that requires grad.
         rectify: project ``relu(M_c)`` (True) or the signed ``M_c``.
+        to_grid: None, or a callable that only selects, reshapes and permutes
+            ``features`` (M, ...) -> (M, K, h, w); applied to the head's gradients too.
     """
 
-    def __init__(self, logits: torch.Tensor, features: torch.Tensor, x: torch.Tensor, rectify: bool):
-        self.logits, self.features, self.x, self.rectify = logits, features, x, rectify
-        self._f = features.detach()
+    def __init__(self, logits: torch.Tensor, features: torch.Tensor, x: torch.Tensor, rectify: bool,
+                 to_grid=None):
+        self.logits, self.node, self.x, self.rectify = logits, features, x, rectify
+        self.to_grid = to_grid
+        self.features = features if to_grid is None else to_grid(features)  # (N, K, h, w)
+        self._f = self.features.detach()
         self._y = logits.detach()
 
     @staticmethod
-    def make(mode, logits: torch.Tensor, x: torch.Tensor, rectify: bool, where: str,
-             named: bool = False) -> "ResponseSignal":
-        """From the feature layer recorded by the rule ``mode``; clear errors where there is none."""
-        f = mode.feature_layer()
+    def make(f: torch.Tensor | None, logits: torch.Tensor, x: torch.Tensor, rectify: bool, where: str, *,
+             named: bool = False, to_grid=None, instead: str = "use signal='logit'") -> "ResponseSignal":
+        """From the feature layer ``f`` (found during the forward pass, or None); clear errors
+        where there is none. ``instead``: what the messages offer besides ``layer=``."""
         if f is None:
             raise ValueError(
-                f"{where}: signal='response' needs the last spatial feature map (N, K, h, w) of the "
-                "model, found as the input of its global pooling or flatten; none was seen in the "
-                "forward pass. Name the feature layer with layer=, or use signal='logit'")
-        if f.dim() != 4:
-            raise ValueError(f"{where}: the feature layer must output an (N, K, h, w) map, got shape "
-                             f"{tuple(f.shape)}; name a spatial layer with layer=")
+                f"{where}: the class response needs the last spatial feature map (N, K, h, w) of the "
+                "model, found as the input of its global pooling or flatten (or of a vision "
+                "transformer's last block); none was seen in the forward pass. Name the feature layer "
+                f"with layer= (and give reshape= where it outputs tokens), or {instead}")
         if f.shape[0] != logits.shape[0]:
             raise ValueError(f"{where}: the feature map has batch size {f.shape[0]}, the logits "
                              f"{logits.shape[0]}; name the feature layer with layer=")
         if not f.requires_grad:
             raise ValueError(f"{where}: the feature map does not depend differentiably on the images")
+        if not logits.requires_grad:
+            raise ValueError(f"{where}: the logits do not depend differentiably on the feature layer")
+        grid = f if to_grid is None else to_grid(f.detach())
+        if grid.dim() != 4 or grid.shape[0] != f.shape[0]:
+            hint = "reshape= must return" if to_grid is not None else "the feature layer must output"
+            raise ValueError(f"{where}: {hint} an (N, K, h, w) map, got shape {tuple(grid.shape)}"
+                             f"{'' if to_grid is not None else '; name a spatial layer with layer='}")
         if _bypasses(logits, f, x):
             msg = (f"{where}: the logits also depend on the images through a path that bypasses the "
                    f"feature layer (shape {tuple(f.shape)}), so the class response there misses part "
                    "of the model's evidence")
             if not named:
                 raise ValueError(msg + "; name the feature layer that every path passes with "
-                                 "layer=, or use signal='logit'")
+                                 f"layer=, or {instead}")
             warnings.warn(msg + " (layer= as named)", stacklevel=4)
-        return ResponseSignal(logits, f, x, rectify)
+        return ResponseSignal(logits, f, x, rectify, to_grid)
 
     def head_gradient(self, grad_out: torch.Tensor, last: bool) -> torch.Tensor:
-        """(B, N, K, h, w): d y_c / d f for the one-hot rows ``grad_out`` (B, N, C)."""
+        """(B, N, K, h, w): d y_c / d f for the one-hot rows ``grad_out`` (B, N, C), in one
+        (batched) backward pass from the logits to the feature layer."""
         batched = grad_out.shape[0] > 1
-        (g,) = torch.autograd.grad(self.logits, self.features, grad_out if batched else grad_out[0],
+        (g,) = torch.autograd.grad(self.logits, self.node, grad_out if batched else grad_out[0],
                                    retain_graph=not last, is_grads_batched=batched, allow_unused=True)
         if g is None:
-            raise ValueError("signal='response': the logits do not depend on the feature layer; "
+            raise ValueError("the logits do not depend on the feature layer; "
                              "name the feature layer with layer=")
-        return g if batched else g.unsqueeze(0)
+        if not batched:
+            g = g.unsqueeze(0)
+        if self.to_grid is not None:
+            g = self.to_grid(g.flatten(0, 1)).unflatten(0, g.shape[:2])
+        return g
 
     def class_maps(self, g: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
         """(B, N, h, w): the per-position contributions M_c (module doc)."""

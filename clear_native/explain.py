@@ -36,8 +36,19 @@ Choices this module makes where the paper is silent (see ``docs`` of ``Clear``):
   gradient, whose sign says whether the pixel raises the class), ``"max_abs"``
   (largest absolute value over channels; default of deconvnet, whose sign at the
   input is only the first layer's filter polarity) or ``"l2"`` (Euclidean norm).
-* ``"cam"`` class maps include the head's bias (``W[c] . f(i, j) + b[c]``; their
-  spatial mean is the logit) and are upsampled bilinearly (``align_corners=False``).
+* ``"cam"`` class maps live on the same feature layer ``f`` and are defined for any head.
+  A linear head on the globally pooled ``f`` gives ``W[c] . f(i, j) + b[c]`` (bias
+  included: the spatial mean is the logit) through the fused ``project_dominance``
+  operator; a C-kernel last convolution + GAP gives its own class maps. Any other head
+  (MLP, LayerNorm + linear, functional pooling of a nonlinear head, token pooling) gives the
+  per-position contribution ``h w M_c = h w sum_k f dy_c/df`` + the head's offset spread
+  evenly (:mod:`clear_native._response`, scaled by ``h w`` so that its spatial mean is the
+  logit too: for GAP + linear it is ``W[c] . f + b[c]`` again), from one batched backward
+  pass from the logits to ``f`` per class chunk. Maps are upsampled bilinearly
+  (``align_corners=False``).
+* Token models (vision transformers): ``f`` is the input of the last transformer block,
+  its patch tokens reshaped to their grid where the model says it (timm, torchvision),
+  by ``reshape=`` elsewhere (:mod:`clear_native._tokens`).
 """
 from __future__ import annotations
 
@@ -51,8 +62,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from clear_native._fusion import TopShortcut, fused_relu_rule
-from clear_native._relu_rules import relu_rule
+from clear_native._relu_rules import covered, relu_rule
 from clear_native._response import ResponseSignal
+from clear_native._tokens import FeatureSite
 from clear_native.dominance import Dominance, TensorFields, dominance
 from clear_native.project import project_dominance
 
@@ -91,8 +103,6 @@ def default_class_chunk(device: torch.device, batch: int) -> int:
 # model, fused: ~1.35x faster than 16). The results are the same either way.
 CPU_IMAGE_CHUNK = 16
 CPU_FUSED_IMAGE_CHUNK = 64
-
-_POOL_TYPES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d)
 
 # Back-projection through conv -> [BN] -> ReLU -> max-pool blocks in one native pass
 # (clear_native._fusion) where the backward is unbatched; False: torch's own nodes
@@ -168,15 +178,51 @@ def reduce_channels(maps: torch.Tensor, rule: str, dim: int) -> torch.Tensor:
     raise ValueError(f"channel_reduce must be one of {CHANNEL_REDUCE}, got {rule!r}")
 
 
-@dataclass
-class _Head:
-    """Where the class maps of a ``"cam"`` explanation come from."""
+class _LinearCam:
+    """cam class maps ``W[c] . f(i, j) + b[c]``: a linear head on the globally pooled
+    features ``f`` (N, K, h, w), or a 1x1 class convolution (``f`` its input) + GAP."""
 
-    pool: nn.Module
-    pool_name: str
-    linear: nn.Linear | None  # None: the pooled features are the logits (C-kernel conv + GAP)
-    conv: nn.Conv2d | None    # last conv before the pool (1x1 fast path), or None
-    layer: nn.Module | None   # user-named feature layer, or None (the pool's input)
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, feats: torch.Tensor, how: str):
+        self.weight, self.bias, self.feats, self.how = weight, bias, feats, how
+
+    def maps(self, ids: torch.Tensor, last: bool) -> torch.Tensor:
+        """(N, B, h, w) for the class ids (N, B)."""
+        w = self.weight[ids].to(self.feats.dtype)                        # (N, B, K)
+        low = torch.einsum("nkhw,nbk->nbhw", self.feats, w)
+        if self.bias is not None:
+            low = low + self.bias[ids].to(self.feats.dtype)[:, :, None, None]
+        return low
+
+
+class _MapsCam:
+    """cam class maps that the model computes: a C-kernel last convolution + GAP."""
+
+    how = "class maps of the last convolution"
+
+    def __init__(self, maps: torch.Tensor):
+        self.class_maps = maps  # (N, C, h, w)
+
+    def maps(self, ids: torch.Tensor, last: bool) -> torch.Tensor:
+        return self.class_maps.gather(1, ids[:, :, None, None].expand(-1, -1, *self.class_maps.shape[2:]))
+
+
+class _ContributionCam:
+    """cam class maps of any other head: ``h w M_c``, the per-position contribution
+    ``sum_k f dy_c/df`` (+ the offset spread evenly) of :class:`ResponseSignal`, one
+    batched backward pass from the logits to the feature layer per class chunk."""
+
+    how = "head contribution"
+
+    def __init__(self, source: ResponseSignal, num_classes: int):
+        self.source, self.c = source, num_classes
+
+    def maps(self, ids: torch.Tensor, last: bool) -> torch.Tensor:
+        n, b = ids.shape
+        y = self.source.logits
+        grad_out = torch.zeros(b, n, self.c, dtype=y.dtype, device=y.device)
+        grad_out.scatter_(2, ids.t().unsqueeze(2), 1)
+        m = self.source.class_maps(self.source.head_gradient(grad_out, last), grad_out)  # (B, N, h, w)
+        return (m * (m.shape[-2] * m.shape[-1])).transpose(0, 1)
 
 
 class Clear:
@@ -188,10 +234,12 @@ class Clear:
         method: ``"deconvnet"`` (paper, Zeiler & Fergus rule: the backward signal is
             rectified at every ReLU), ``"guided"`` (guided backprop: rectified and
             masked by the forward activation), ``"gradient"`` (plain gradient) or
-            ``"cam"`` (class activation maps ``W[c] . f + b[c]`` at the feature map
-            entering the global average pooling, upsampled). The back-projection
-            methods need a differentiable model; ``"cam"`` needs a GAP + linear head
-            or a C-kernel last convolution + GAP.
+            ``"cam"`` (class activation maps at the feature layer ``f``, upsampled: for a
+            GAP + linear head ``W[c] . f + b[c]``, for a C-kernel last convolution + GAP
+            its class maps, for any other head the per-position contribution
+            ``sum_k f dy_c/df`` scaled by ``h w`` (+ the head's offset spread evenly), whose
+            spatial mean is the logit as well; module doc). All methods need the model to
+            be differentiable from ``f`` up (``"cam"``) or from the images up.
         signal: back-projection methods: what is sent down for class ``c``.
             ``"response"`` (default for all three; the paper's eq. 1-3): the class
             map's response at the last spatial feature layer ``f``: with the head's
@@ -217,7 +265,13 @@ class Clear:
         layer: the name (as in ``model.named_modules()``) of the module whose output is
             the feature map ``f`` (``"cam"`` and ``signal="response"``); default: the
             input of the last global pooling (module or functional) or flatten of a
-            spatial map.
+            spatial map, and for vision transformers the input of the last block
+            (:mod:`clear_native._tokens`).
+        reshape: a callable mapping the feature layer's output to an (N, D, h, w) map
+            (as pytorch-grad-cam's ``reshape_transform``), for token models whose patch
+            grid the model does not say (timm and torchvision ViTs, timm Swin: automatic).
+            It is applied to the head's gradients too, so it must only select, reshape
+            and permute.
         channel_reduce: back-projection methods: how the input's colour channels are
             reduced to one value per pixel: ``"sum"``, ``"max_abs"``, ``"l2"``; default
             (None) ``"max_abs"`` for deconvnet, ``"sum"`` for guided and gradient. Measured
@@ -234,7 +288,7 @@ class Clear:
 
     def __init__(self, model: nn.Module, method: str = "deconvnet", *, signal: str | None = None,
                  rectify: bool = True, layer: str | None = None, channel_reduce: str | None = None,
-                 class_chunk: int | None = None, interpolation: str = "bilinear"):
+                 class_chunk: int | None = None, interpolation: str = "bilinear", reshape=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"Clear: model must be a torch.nn.Module, got {type(model).__name__}")
         if method not in METHODS:
@@ -254,9 +308,13 @@ class Clear:
             signal = DEFAULT_SIGNAL[method] if signal is None else signal
             if signal not in SIGNALS:
                 raise ValueError(f"Clear: signal must be one of {SIGNALS}, got {signal!r}")
-            if layer is not None and signal != "response":
-                raise ValueError("Clear: layer= names the feature layer of method='cam' or "
-                                 f"signal='response', got method={method!r}, signal={signal!r}")
+            for arg, value in (("layer", layer), ("reshape", reshape)):
+                if value is not None and signal != "response":
+                    raise ValueError(f"Clear: {arg}= names the feature layer of method='cam' or "
+                                     f"signal='response', got method={method!r}, signal={signal!r}")
+        if reshape is not None and not callable(reshape):
+            raise TypeError(f"Clear: reshape must be a callable (N, ...) -> (N, D, h, w), got "
+                            f"{type(reshape).__name__}")
         if not isinstance(rectify, bool):
             raise TypeError(f"Clear: rectify must be a bool, got {type(rectify).__name__}")
         self.model = model
@@ -264,12 +322,15 @@ class Clear:
         self._warned_no_rule = False
         self.signal = signal
         self.rectify = rectify
-        self._layer_module = _named_module(model, layer) if layer is not None and method != "cam" else None
+        self._site = FeatureSite.of(model, _named_module(model, layer) if layer is not None else None,
+                                    layer, reshape)
         self.channel_reduce = channel_reduce
         self.class_chunk = class_chunk
         self.interpolation = interpolation
         self.layer = layer
-        self._head = _find_head(model, layer) if method == "cam" else None
+        self.reshape = reshape
+        # How the last call got its class maps (head path and feature layer), for reports.
+        self.last_source: str | None = None
 
     def __repr__(self) -> str:
         return (f"Clear(model={type(self.model).__name__}, method={self.method!r}, "
@@ -334,11 +395,11 @@ class Clear:
                 and not torch.is_autocast_enabled("cpu"))  # fused kernels: float32 / float64
         response = self.signal == "response"
         rule = (fused_relu_rule if fuse else relu_rule)(
-            self.method, watch_features=response, named_layer=self._layer_module is not None)
+            self.method, watch_features=response, named_layer=self._site.module is not None)
         top = None
         try:
             with torch.enable_grad(), _frozen_parameters(self.model):
-                with rule as mode, _feature_hook(self._layer_module, mode):
+                with rule as mode, (self._site.watch(mode) if response else contextlib.nullcontext()):
                     logits = self.model(x)
                 _check_logits(logits, images)
                 self._check_rule_applied(mode)
@@ -346,9 +407,13 @@ class Clear:
                     raise ValueError(
                         f"Clear(method={self.method!r}): the model's output does not depend "
                         "differentiably on the images; use method='cam' or a differentiable model")
-                source = (ResponseSignal.make(mode, logits, x, self.rectify, repr(self),
-                                              named=self._layer_module is not None)
-                          if response else None)
+                source = None
+                if response:
+                    source, where = self._response(mode, logits, x, self.rectify, images.shape[-2:],
+                                                   "use signal='logit'")
+                    self.last_source = f"class response at the {where}"
+                else:
+                    self.last_source = "gradient of the class logit"
                 if fuse:  # routes from the graph of what is back-projected
                     mode.finalize(source.features if response else logits)
                 n, c = logits.shape
@@ -388,16 +453,25 @@ class Clear:
         return maps, fuse and bool(mode.sites)
 
     def _check_rule_applied(self, mode) -> None:
-        """Warns (once per explainer) where the method's rule found no activation to act on."""
-        if self.method == "gradient" or mode.applied or self._warned_no_rule:
+        """Warns (once per explainer) where the method's rule found no activation to act on,
+        or left some of the model's activations with their plain gradient (none covers them)."""
+        if self.method == "gradient" or self._warned_no_rule:
+            return
+        unruled = mode.unruled()
+        if mode.applied and not unruled:
             return
         self._warned_no_rule = True
+        left = ", ".join(f"{name} ({count} call{'s' * (count > 1)})" for name, count in unruled.items())
+        if not mode.applied:
+            what = ("no activation that the rule covers was called in the forward pass, so the rule "
+                    "changes nothing and these maps are plain gradients (method='gradient')"
+                    + (f"; called: {left}" if left else ""))
+        else:
+            what = (f"{left} kept their plain gradient (no {self.method} rule covers them), so these "
+                    f"maps mix the rule at {mode.applied} activation call(s) with plain gradients")
         warnings.warn(
-            f"Clear(method={self.method!r}) on {type(self.model).__name__}: no ReLU-family activation "
-            "was called in the forward pass, so the rule changes nothing and these maps are plain "
-            "gradients (method='gradient'). The rules reach ReLU, ReLU6 and hardtanh(x, 0, t) as "
-            "modules, functions, methods or in place; not smooth activations (GELU, SiLU, ...) nor "
-            "activations inside TorchScript or exported graphs", UserWarning, stacklevel=4)
+            f"Clear(method={self.method!r}) on {type(self.model).__name__}: {what}. The rules reach "
+            f"{covered()}; not activations inside TorchScript or exported graphs", UserWarning, stacklevel=4)
 
     @staticmethod
     def _class_grad(source, top, table, logits, x, grad_out, start, last) -> torch.Tensor:
@@ -415,122 +489,86 @@ class Clear:
                                       is_grads_batched=True)  # (B, N, ch, H, W)
         return grad
 
+    def _feature_layer(self, mode, size) -> tuple[torch.Tensor | None, object, str]:
+        """(f as recorded by the rule ``mode`` or None, its reshape to (N, D, h, w) or None,
+        a description), once the forward pass is done."""
+        f = mode.feature_layer()
+        if f is None:
+            return None, None, ""
+        return (f, *self._site.grid(f, size, repr(self)))
+
+    def _response(self, mode, logits, x, rectify, size, instead) -> tuple[ResponseSignal, str]:
+        """The class response at the feature layer that ``mode`` recorded, and where that is."""
+        f, to_grid, what = self._feature_layer(mode, size)
+        source = ResponseSignal.make(f, logits, x, rectify, repr(self), named=self._site.named,
+                                     to_grid=to_grid, instead=instead)
+        return source, f"{what}, shape {tuple(source.features.shape)}"
+
     # -- cam --------------------------------------------------------------------------
 
     def _cam(self, images, target, classes, keep, chunk) -> ClearMaps:
-        head = self._head
-        rec: dict[str, torch.Tensor] = {}
-        handles = []
-        try:
-            handles.append(head.pool.register_forward_hook(_record(rec, "pool_in", "pool_out")))
-            if head.linear is not None:
-                handles.append(head.linear.register_forward_hook(_record(rec, "lin_in", "lin_out")))
-            if head.conv is not None:
-                handles.append(head.conv.register_forward_hook(_record(rec, "conv_in", "conv_out")))
-            if head.layer is not None:
-                handles.append(head.layer.register_forward_hook(_record(rec, None, "layer_out")))
-            with torch.no_grad():
-                logits = self.model(images)
-        finally:
-            for h in handles:
-                h.remove()
-        _check_logits(logits, images)
-        logits = logits.detach()
-        n, c = logits.shape
-        prediction = logits.argmax(1)
-        target = _check_target(target, n, c, images.device, prediction)
-        table, local_target, pad = _class_table(classes, logits, target)
-        size = tuple(images.shape[-2:])
-        weight, bias, feats, maps = self._cam_source(rec, logits)
-        count = table.shape[-1]
+        # Parameters keep requires_grad: f then depends differentiably on them even where the
+        # image path is cut; the backward passes ask for d logits / d f only (no weight grads).
+        with torch.enable_grad():
+            logits, source = self._cam_source(images)
+            n, c = logits.shape
+            prediction = logits.argmax(1)
+            target = _check_target(target, n, c, images.device, prediction)
+            table, local_target, pad = _class_table(classes, logits, target)
+            size = tuple(images.shape[-2:])
+            count = table.shape[-1]
 
-        if maps is None and classes is None and not keep:  # the fused operator's case
-            state = project_dominance(feats, weight.to(feats.dtype),
-                                      None if bias is None else bias.to(feats.dtype),
-                                      size=size, mode=self.interpolation, target=target,
-                                      class_chunk=chunk)
-            return _result(state, table, target, prediction, logits, self.method, classes, None, c)
-        if maps is None and table.dim() == 1 and not keep:
-            state = project_dominance(feats, weight[table].to(feats.dtype),
-                                      None if bias is None else bias[table].to(feats.dtype),
-                                      size=size, mode=self.interpolation, target=local_target,
-                                      class_chunk=chunk)
-            return _result(state, table, target, prediction, logits, self.method, classes, None, c)
+            if isinstance(source, _LinearCam) and table.dim() == 1 and not keep:  # the fused operator
+                weight, bias = source.weight, source.bias
+                if classes is not None:
+                    weight, bias = weight[table], None if bias is None else bias[table]
+                feats = source.feats
+                state = project_dominance(feats, weight.to(feats.dtype),
+                                          None if bias is None else bias.to(feats.dtype),
+                                          size=size, mode=self.interpolation, target=local_target,
+                                          class_chunk=chunk)
+                return _result(state, table, target, prediction, logits, self.method, classes, None, c)
 
-        # General path: explicit class maps, chunk by chunk (top-k, kept maps, non-1x1 convs).
-        chunk = chunk or 64
-        state, kept = None, []
-        for start in range(0, count, chunk):
-            stop = min(start + chunk, count)
-            ids = table[..., start:stop]
-            ids = (ids.expand(n, -1) if ids.dim() == 1 else ids).clamp(min=0)  # (N, B)
-            if maps is None:
-                w = weight[ids].to(feats.dtype)                        # (N, B, K)
-                low = torch.einsum("nkhw,nbk->nbhw", feats, w)
-                if bias is not None:
-                    low = low + bias[ids].to(feats.dtype)[:, :, None, None]
-            else:
-                low = maps.gather(1, ids[:, :, None, None].expand(-1, -1, *maps.shape[2:]))
-            up = _upsample(low, size, self.interpolation)
-            if pad is not None:
-                up = up.masked_fill(pad[:, start:stop, None, None], float("nan"))
-            state = dominance(up, local_target, state=state, class_offset=start, num_classes=count)
-            if keep:
-                kept.append(up)
+            # Explicit class maps, chunk by chunk (top-k, kept maps, other heads).
+            chunk = chunk or 64
+            state, kept = None, []
+            for start in range(0, count, chunk):
+                stop = min(start + chunk, count)
+                ids = table[..., start:stop]
+                ids = (ids.expand(n, -1) if ids.dim() == 1 else ids).clamp(min=0)  # (N, B)
+                up = _upsample(source.maps(ids, stop >= count), size, self.interpolation)
+                if pad is not None:
+                    up = up.masked_fill(pad[:, start:stop, None, None], float("nan"))
+                state = dominance(up, local_target, state=state, class_offset=start, num_classes=count)
+                if keep:
+                    kept.append(up)
+                del up
         return _result(state, table, target, prediction, logits, self.method, classes,
                        torch.cat(kept, 1) if keep else None, c)
 
-    def _cam_source(self, rec, logits):
-        """(weight (C, K), bias, features (N, K, h, w), None) for a linear / 1x1 head,
-        or (None, None, None, class maps (N, C, h, w)) for a C-kernel conv + GAP."""
-        head = self._head
-        where = f"Clear(method='cam') on {type(self.model).__name__}"
-        if "pool_in" not in rec:
-            raise ValueError(f"{where}: the pooling module {head.pool_name!r} was not called in the "
-                             "forward pass; use method='deconvnet', 'guided' or 'gradient'")
-        pool_in = rec["pool_in"]
-        if pool_in.dim() != 4:
-            raise ValueError(f"{where}: expected a (N, K, h, w) feature map entering {head.pool_name!r}, "
-                             f"got shape {tuple(pool_in.shape)}")
-        pooled = pool_in.mean((2, 3))
-        if not _close(rec["pool_out"].flatten(1), pooled):
-            raise ValueError(f"{where}: {head.pool_name!r} is not a global average pooling (output "
-                             f"{tuple(rec['pool_out'].shape)} for input {tuple(pool_in.shape)}); "
-                             "use method='deconvnet', 'guided' or 'gradient'")
-        feats = pool_in
-        if head.layer is not None:
-            feats = rec.get("layer_out")
-            if not isinstance(feats, torch.Tensor) or feats.dim() != 4 or feats.shape != pool_in.shape \
-                    or not _close(feats.mean((2, 3)), pooled):
-                raise ValueError(f"{where}: the output of layer {self.layer!r} (shape "
-                                 f"{None if not isinstance(feats, torch.Tensor) else tuple(feats.shape)}) is "
-                                 f"not the feature map pooled by {head.pool_name!r} (shape "
-                                 f"{tuple(pool_in.shape)}); name the module whose output is globally pooled")
-        if head.linear is not None:
-            lin = head.linear
-            if "lin_in" not in rec or not _close(rec["lin_in"].flatten(1), pooled) \
-                    or not _close(rec["lin_out"], logits):
-                raise ValueError(f"{where}: the logits are not linear(global_avg_pool(features)) "
-                                 "(something other than a flatten sits between the pooling and the "
-                                 "linear head, or after it); use method='deconvnet', 'guided' or 'gradient'")
-            return lin.weight.detach(), None if lin.bias is None else lin.bias.detach(), feats, None
-        # No linear head: the pooled class maps must be the logits.
-        if pooled.shape != logits.shape or not _close(pooled, logits):
-            raise ValueError(f"{where}: without a linear head the globally pooled feature map must be "
-                             f"the logits (a C-kernel last convolution + GAP); pooled shape "
-                             f"{tuple(pooled.shape)} vs logits {tuple(logits.shape)}; use "
-                             "method='deconvnet', 'guided' or 'gradient'")
-        conv = head.conv
-        out = rec.get("conv_out")
-        direct = (isinstance(out, torch.Tensor) and out.data_ptr() == pool_in.data_ptr()
-                  and out.shape == pool_in.shape and out.stride() == pool_in.stride()
-                  and out._version == rec["conv_out_version"])  # the conv's output, unchanged
-        if (conv is not None and direct and conv.kernel_size == (1, 1)
-                and conv.stride == (1, 1) and conv.groups == 1 and conv.padding in ((0, 0), "valid")
-                and conv.dilation == (1, 1) and head.layer is None):
-            w = conv.weight.detach().flatten(1)  # (C, K)
-            return w, None if conv.bias is None else conv.bias.detach(), rec["conv_in"], None
-        return None, None, None, feats
+    def _cam_source(self, images):
+        """(detached logits (N, C), class-map source): one forward pass under the plain
+        gradient rule, which records the feature layer ``f`` and changes nothing in the
+        forward; the last nn.Linear / nn.Conv2d calls decide whether a fused path applies."""
+        x = images.detach().clone().requires_grad_(True)
+        calls = _LastCalls()
+        with calls.watch(self.model):
+            with relu_rule("gradient", watch_features=True, named_layer=self._site.module is not None) as mode, \
+                    self._site.watch(mode):
+                logits = self.model(x)
+        _check_logits(logits, images)
+        f, to_grid, what = self._feature_layer(mode, images.shape[-2:])
+        grid = None if f is None else f.detach() if to_grid is None else to_grid(f.detach())
+        if grid is not None and grid.dim() == 4:
+            fast = _exact_cam(grid, logits, calls)
+            if fast is not None:
+                self.last_source = f"{fast.how} at the {what}, shape {tuple(grid.shape)}"
+                return logits.detach(), fast
+        source = ResponseSignal.make(f, logits, x, False, repr(self), named=self._site.named,
+                                     to_grid=to_grid, instead="use method='deconvnet', 'guided' or "
+                                     "'gradient' with signal='logit'")
+        self.last_source = f"{_ContributionCam.how} at the {what}, shape {tuple(source.features.shape)}"
+        return logits.detach(), _ContributionCam(source, logits.shape[1])
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -664,18 +702,6 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.allclose(a, b, rtol=tol, atol=tol * max(1.0, float(b.abs().max()) if b.numel() else 1.0))
 
 
-def _record(rec: dict, in_key: str | None, out_key: str):
-    """Forward hook storing the module's first input and its output (and the output's
-    version counter, to notice a later in-place change such as an in-place ReLU)."""
-    def hook(module, inputs, output):
-        if in_key is not None and inputs and isinstance(inputs[0], torch.Tensor):
-            rec[in_key] = inputs[0]
-        if isinstance(output, torch.Tensor):
-            rec[out_key] = output
-            rec[out_key + "_version"] = output._version
-    return hook
-
-
 def _named_module(model: nn.Module, layer: str) -> nn.Module:
     modules = dict(model.named_modules())
     if layer not in modules:
@@ -684,37 +710,54 @@ def _named_module(model: nn.Module, layer: str) -> nn.Module:
     return modules[layer]
 
 
-@contextlib.contextmanager
-def _feature_hook(module: nn.Module | None, mode):
-    """While active, the output of ``module`` (if any) is the rule mode's feature layer."""
-    if module is None:
-        yield
-        return
-    handle = module.register_forward_hook(lambda m, i, out: mode.mark_feature(out))
-    try:
-        yield
-    finally:
-        handle.remove()
+class _LastCalls:
+    """Records the last call of any nn.Linear and of any nn.Conv2d of a model: (module,
+    input, output, the output's version counter at the time)."""
+
+    def __init__(self):
+        self.linear: tuple | None = None
+        self.conv: tuple | None = None
+
+    @contextlib.contextmanager
+    def watch(self, model: nn.Module):
+        def hook(key):
+            def record(module, args, out):
+                if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
+                    setattr(self, key, (module, args[0], out, out._version))
+            return record
+
+        handles = [m.register_forward_hook(hook("linear" if isinstance(m, nn.Linear) else "conv"))
+                   for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
 
 
-def _find_head(model: nn.Module, layer: str | None) -> _Head:
-    """The last global average pooling module, the linear head registered after it (if
-    any), and the last Conv2d registered before it, from the module structure."""
-    named = list(model.named_modules())
-    pools = [i for i, (_, m) in enumerate(named) if isinstance(m, _POOL_TYPES)]
-    if not pools:
-        raise ValueError(
-            f"Clear(method='cam'): {type(model).__name__} has no global average pooling module "
-            "(expected nn.AdaptiveAvgPool2d(1) followed by an nn.Linear head, or after a C-kernel "
-            "last convolution), got none; use method='deconvnet', 'guided' or 'gradient', which "
-            "work for any differentiable classifier")
-    p = pools[-1]
-    pool_name, pool = named[p]
-    linears = [m for _, m in named[p + 1:] if isinstance(m, nn.Linear)]
-    convs = [m for _, m in named[:p] if isinstance(m, nn.Conv2d)]
-    layer_mod = _named_module(model, layer) if layer is not None else None
-    return _Head(pool=pool, pool_name=pool_name or "<model>", linear=linears[-1] if linears else None,
-                 conv=convs[-1] if convs else None, layer=layer_mod)
+def _exact_cam(f: torch.Tensor, logits: torch.Tensor, calls: _LastCalls):
+    """The exact cam source where the logits are a linear map of the global average of the
+    (detached) feature map ``f`` (N, K, h, w): ``linear(GAP(f))`` (the last nn.Linear's input
+    is the pooled ``f`` and its output the logits) or ``GAP(f)`` itself (C-kernel last conv:
+    its 1x1 form as weights on the conv's input). None where neither holds."""
+    pooled = f.mean((2, 3))
+    out = logits.detach()
+    if calls.linear is not None:
+        lin, lin_in, lin_out, _ = calls.linear
+        if _close(lin_in.detach().flatten(1), pooled) and _close(lin_out.detach(), out):
+            return _LinearCam(lin.weight.detach(), None if lin.bias is None else lin.bias.detach(),
+                              f.contiguous(), "linear head (fused)")
+    if not _close(pooled, out):
+        return None
+    if calls.conv is not None:
+        conv, conv_in, conv_out, version = calls.conv
+        direct = (conv_out.data_ptr() == f.data_ptr() and conv_out.shape == f.shape
+                  and conv_out.stride() == f.stride() and conv_out._version == version == f._version)
+        if (direct and conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
+                and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1)):
+            return _LinearCam(conv.weight.detach().flatten(1), None if conv.bias is None else
+                              conv.bias.detach(), conv_in.detach(), "1x1 class convolution (fused)")
+    return _MapsCam(f)
 
 
 @contextlib.contextmanager

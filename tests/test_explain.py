@@ -345,6 +345,27 @@ def cam_maps(model, images):
     return F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
+def slow_cam_maps(model, images, split, to_grid=None):
+    """cam for any head, class by class: with g_c = dy_c/df (one backward per class), the
+    contribution h w sum_k f g_c + (y_c - sum f g_c) on the grid of f (its spatial mean
+    is y_c), upsampled. ``split`` = (features, head) as in SPLITS; ``to_grid`` maps f to
+    (N, K, h, w) where it is not one (tokens, channels-last)."""
+    features, head = split
+    grid = to_grid or (lambda t: t)
+    with torch.enable_grad():
+        f0 = features(model, images).detach()
+        out = []
+        for k in range(model(images).shape[1]):
+            fr = f0.clone().requires_grad_(True)
+            y = head(model, fr)[:, k]
+            (g,) = torch.autograd.grad(y.sum(), fr)
+            contrib = (grid(f0) * grid(g)).sum(1)  # (N, h, w)
+            hw = contrib[0].numel()
+            out.append(hw * contrib + (y.detach() - contrib.sum((1, 2))).view(-1, 1, 1))
+    maps = torch.stack(out, 1)
+    return F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
 def assert_dominance(got, maps, target):
     want = reference.dominance(maps, target)
     for name in FIELDS:
@@ -555,13 +576,13 @@ def test_relu6_rules(method, chunk):
 
 
 def test_rule_that_finds_no_activation_warns_once():
-    class GeluNet(GapNet):
+    class TanhNet(GapNet):
         def forward(self, x):
-            return self.fc(F.gelu(self.features[3](F.max_pool2d(F.gelu(self.features[0](x)), 2))).mean((2, 3)))
+            return self.fc(torch.tanh(self.features[3](F.max_pool2d(torch.tanh(self.features[0](x)), 2))).mean((2, 3)))
 
-    model, x = GeluNet().eval(), torch.randn(2, 3, 12, 12)
+    model, x = TanhNet().eval(), torch.randn(2, 3, 12, 12)
     explainer = clear_native.Clear(model, "deconvnet")
-    with pytest.warns(UserWarning, match=r"no ReLU-family activation.*plain\s+gradients"):
+    with pytest.warns(UserWarning, match=r"no activation that the rule covers.*plain\s+gradients"):
         explainer(x)
     import warnings
     with warnings.catch_warnings():
@@ -851,8 +872,11 @@ def test_named_layer_for_cam():
     model, x = make("gap")
     got = clear_native.Clear(model, "cam", layer="features.4")(x, keep_class_maps=True)
     torch.testing.assert_close(got.class_maps, cam_maps(model, x))
-    with pytest.raises(ValueError, match="not the feature map pooled"):
-        clear_native.Clear(model, "cam", layer="features.2")(x)
+    # An earlier layer: the contribution of everything above it (the head is then
+    # conv -> ReLU -> GAP -> linear); before issue 13 this was an error.
+    early = clear_native.Clear(model, "cam", layer="features.2")(x, keep_class_maps=True)
+    split = (lambda m, t: m.features[:3](t), lambda m, f: m.fc(torch.flatten(m.pool(m.features[3:](f)), 1)))
+    torch.testing.assert_close(early.class_maps, slow_cam_maps(model, x, split))
     with pytest.raises(ValueError, match="is not a module"):
         clear_native.Clear(model, "cam", layer="nope")
 
@@ -873,16 +897,15 @@ def test_bad_inputs():
         clear_native.Clear(model, class_chunk=0)
     with pytest.raises(TypeError, match="must be a torch.nn.Module"):
         clear_native.Clear(lambda t: t)
-    flat, xf = make("flatten")
-    with pytest.raises(ValueError, match="no global average pooling .* use method='deconvnet'"):
-        clear_native.Clear(flat, "cam")
+    # cam on heads it refused before issue 13 (flatten + linear, a nonlinear function
+    # between the pooling and the linear layer): the head's contribution (test_cam_any_head)
 
-    class NotLinearAfterPool(GapNet):
-        def forward(self, x):
-            return self.fc(torch.tanh(self.pool(self.features(x)).flatten(1)))
+    class NoPooling(nn.Module):
+        def forward(self, t):
+            return torch.logsumexp(t, dim=(2, 3))
 
-    with pytest.raises(ValueError, match="not linear\\(global_avg_pool"):
-        clear_native.Clear(NotLinearAfterPool().eval(), "cam")(x)
+    with pytest.raises(ValueError, match="needs the last spatial feature map.*layer=.*reshape="):
+        clear_native.Clear(NoPooling(), "cam")(x)
 
     class SpatialOut(GapNet):
         def forward(self, x):
@@ -931,3 +954,305 @@ def test_no_memory_growth():
     tracemalloc.stop()
     assert growth < 64 * 1024, (growth, top)
     assert_unchanged(model, snapshot(model))
+
+
+# -- cam for any head (issue 13) -------------------------------------------------------------
+
+class TanhAfterPool(GapNet):
+    """A nonlinear function between the global pooling and the linear layer."""
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.pool(self.features(x)).flatten(1)))
+
+
+class LayerNormHead(GapNet):
+    """ConvNeXt-style head: functional GAP, LayerNorm, linear."""
+
+    def __init__(self, c=NUM_CLASSES):
+        super().__init__(c)
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x):
+        return self.fc(self.norm(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)))
+
+
+CAM_HEADS = {
+    "tanh": (TanhAfterPool, SPLITS["gap"][0], lambda m, f: m.fc(torch.tanh(m.pool(f).flatten(1)))),
+    "layernorm": (LayerNormHead, SPLITS["gap"][0],
+                  lambda m, f: m.fc(m.norm(F.adaptive_avg_pool2d(f, 1).flatten(1)))),
+    "mlp": (MLPNet, *SPLITS["mlp"]),
+    "flatten": (FlattenNet, *SPLITS["flatten"]),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("head", list(CAM_HEADS))
+def test_cam_any_head(head, device):
+    """MLP, LayerNorm + linear, flatten + linear, a nonlinearity after the pooling: the
+    per-position contribution h w sum_k f dy_c/df (+ offset), from one batched backward
+    pass per class chunk; its spatial mean is the logit."""
+    cls, features, head_fn = CAM_HEADS[head]
+    torch.manual_seed(0)
+    model, x = cls().to(device).eval(), torch.randn(3, 3, 12, 12, device=device)
+    want = slow_cam_maps(model, x, (features, head_fn))
+    explainer = clear_native.Clear(model, "cam")
+    for chunk in (None, 2):
+        got = explainer(x, keep_class_maps=True, class_chunk=chunk)
+        torch.testing.assert_close(got.class_maps, want)
+        assert_dominance(got, got.class_maps, got.prediction)
+    assert explainer.last_source.startswith("head contribution")
+    fast = explainer(x)  # no kept maps: the same dominance
+    torch.testing.assert_close(fast.dominant_response, got.dominant_response)
+    part = explainer(x, classes=[3, 0, 1, 2, 4], target=torch.tensor([0, 3, 1], device=device),
+                     keep_class_maps=True)
+    torch.testing.assert_close(part.class_maps, want[:, [3, 0, 1, 2, 4]])
+    top = explainer(x, classes=2, keep_class_maps=True)
+    torch.testing.assert_close(top.class_maps, want.gather(1, top.classes[:, :, None, None].expand(-1, -1, 12, 12)))
+    # the spatial mean of each class map is the logit (nearest x2 upsampling keeps the mean)
+    near = clear_native.Clear(model, "cam", interpolation="nearest")(x, keep_class_maps=True)
+    torch.testing.assert_close(near.class_maps.mean((2, 3)), near.logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_name", ["gap", "convgap1x1", "convgap3x3", "bn", "functional", "flatten"])
+def test_cam_paths_agree(model_name, monkeypatch):
+    """The exact paths (linear head: W[c] . f + b[c], fused; C-kernel conv: its class maps)
+    and the contribution path give the same maps: the contribution is scaled by h w so that
+    its spatial mean is the logit, as W . f + b."""
+    model, x = make(model_name, n=3)
+    explainer = clear_native.Clear(model, "cam")
+    exact = explainer(x, keep_class_maps=True)
+    routes = {"gap": "linear head (fused)", "bn": "linear head (fused)", "functional": "linear head (fused)",
+              "convgap1x1": "1x1 class convolution (fused)", "convgap3x3": "class maps of the last convolution",
+              "flatten": "head contribution"}
+    assert explainer.last_source.startswith(routes[model_name]), explainer.last_source
+    monkeypatch.setattr(explain_mod, "_exact_cam", lambda *a: None)
+    general = explainer(x, keep_class_maps=True)
+    assert explainer.last_source.startswith("head contribution")
+    torch.testing.assert_close(general.class_maps, exact.class_maps)
+    if model_name != "flatten":
+        torch.testing.assert_close(exact.class_maps, cam_maps(model, x))
+
+
+def test_cam_contribution_is_one_batched_backward_per_chunk(monkeypatch):
+    model, x = make("mlp", n=2)
+    calls = []
+    grad = torch.autograd.grad
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("is_grads_batched", False))
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting)
+    clear_native.Clear(model, "cam")(x)
+    assert calls == [True]  # 5 classes, one pass
+    calls.clear()
+    clear_native.Clear(model, "cam", class_chunk=2)(x)
+    assert calls == [True, True, False]  # chunks of 2, 2, 1
+
+
+def test_cam_model_unchanged_and_errors():
+    model, x = make("mlp")
+    before = snapshot(model)
+    clear_native.Clear(model, "cam")(x, keep_class_maps=True)
+    assert_unchanged(model, before)
+    bypass, xb = make("bypass")
+    with pytest.raises(ValueError, match="bypasses the feature layer.*layer="):
+        clear_native.Clear(bypass, "cam")(xb)
+
+    class CutMLP(MLPNet):  # the image path is cut (no gradient to the input): cam still works
+        def forward(self, t):
+            return super().forward(t.detach())
+
+    torch.manual_seed(0)
+    cut = CutMLP().eval()
+    got = clear_native.Clear(cut, "cam")(x, keep_class_maps=True)
+    torch.testing.assert_close(got.class_maps, slow_cam_maps(cut, x, SPLITS["mlp"]))
+    with pytest.raises(TypeError, match="reshape must be a callable"):
+        clear_native.Clear(model, "cam", reshape=3)
+    with pytest.raises(ValueError, match="reshape= names the feature layer"):
+        clear_native.Clear(model, "deconvnet", signal="logit", reshape=lambda t: t)
+
+
+# -- token models (issue 13) ---------------------------------------------------------------
+
+class _Block(nn.Module):
+    """Pre-norm transformer block: attention, then an MLP with a ReLU."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, t):
+        y = self.norm1(t)
+        t = t + self.attn(y, y, y, need_weights=False)[0]
+        return t + self.mlp(self.norm2(t))
+
+
+class TinyViT(nn.Module):
+    """A token model with a conv patch embedding (patch 4: a 3x3 grid at 12x12), ``prefix``
+    prefix tokens, two blocks and a class-token (or mean-of-patches) head, saying its grid as
+    timm does (``style="timm"``), as torchvision does (``"torchvision"``) or not at all."""
+
+    def __init__(self, c=NUM_CLASSES, dim=8, prefix=1, style="timm", pool="token"):
+        super().__init__()
+        self.dim, self.prefix, self.pool, self.style = dim, prefix, pool, style
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, dim, 4, 4)
+        self.tokens = nn.Parameter(torch.randn(1, prefix, dim))
+        self.pos = nn.Parameter(0.1 * torch.randn(1, prefix + 9, dim))
+        blocks = nn.Sequential(_Block(dim), _Block(dim))
+        if style == "torchvision":
+            self.image_size, self.patch_size = 12, 4
+            self.class_token = self.tokens
+            self.encoder = nn.Module()
+            self.encoder.layers = blocks
+        else:
+            self.blocks = blocks
+            if style == "timm":
+                self.patch_embed.grid_size = (3, 3)
+                self.num_prefix_tokens = prefix
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, c)
+
+    def layers(self):
+        return self.encoder.layers if self.style == "torchvision" else self.blocks
+
+    def embed(self, x):
+        t = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        return torch.cat([self.tokens.expand(x.shape[0], -1, -1), t], 1) + self.pos
+
+    def head_of(self, t):
+        t = self.norm(t)
+        return self.head(t[:, 0] if self.pool == "token" else t[:, self.prefix:].mean(1))
+
+    def forward(self, x):
+        return self.head_of(self.layers()(self.embed(x)))
+
+
+class ChannelsLastNet(GapNet):
+    """timm Swin-style: channels-last (N, h, w, D) maps, LayerNorm, mean over (1, 2), linear."""
+
+    output_fmt = "NHWC"
+
+    def __init__(self, c=NUM_CLASSES):
+        super().__init__(c)
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x):
+        return self.fc(self.norm(self.features(x).permute(0, 2, 3, 1)).mean((1, 2)))
+
+
+def _token_split(model):
+    """(features, head, to_grid, from_grid) of a TinyViT, written out: f = the last block's input."""
+    p = model.prefix
+    features = lambda m, x: m.layers()[0](m.embed(x))
+    head = lambda m, t: m.head_of(m.layers()[1](t))
+    to_grid = lambda t: t[:, p:].reshape(t.shape[0], 3, 3, t.shape[2]).permute(0, 3, 1, 2)
+
+    def from_grid(s, like):
+        out = torch.zeros_like(like)
+        out[:, p:] = s.permute(0, 2, 3, 1).reshape(like.shape[0], 9, like.shape[2])
+        return out
+
+    return features, head, to_grid, from_grid
+
+
+def slow_grid_response_maps(model, images, method, split, to_grid, from_grid, reduce="sum"):
+    """The response signal class by class where f is not itself a map: M_c on the grid of f,
+    the signal g_c * relu(M_c) put back into f's layout (zero at the prefix tokens), then
+    down from f with the rule (monkeypatched relus)."""
+    features, head = split
+    with torch.enable_grad():
+        f0 = features(model, images).detach()
+        signals = []
+        for k in range(model(images).shape[1]):
+            fr = f0.clone().requires_grad_(True)
+            y = head(model, fr)[:, k]
+            (g,) = torch.autograd.grad(y.sum(), fr)
+            gg = to_grid(g)
+            contrib = (to_grid(f0) * gg).sum(1)
+            m = contrib + ((y.detach() - contrib.sum((1, 2))) / contrib[0].numel()).view(-1, 1, 1)
+            signals.append(from_grid(gg * m.clamp(min=0).unsqueeze(1), f0))
+    relu = _hooked_relu(method)
+    out = []
+    with pytest.MonkeyPatch.context() as mp, torch.enable_grad():
+        for obj, name in ((F, "relu"), (torch, "relu"), (torch, "relu_"), (torch.Tensor, "relu")):
+            mp.setattr(obj, name, relu)
+        for s in signals:
+            x = images.detach().clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(features(model, x), x, s)
+            out.append(g.sum(1) if reduce == "sum" else g.abs().amax(1))
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("kind", ["timm", "timm_avg_2prefix", "torchvision", "reshape"])
+@pytest.mark.parametrize("method", ["cam", *BACKPROP])
+def test_token_models(method, kind):
+    """Patch tokens of the last block's input reshaped to their grid (prefix tokens dropped),
+    from what the model says (timm, torchvision) or from reshape=: cam and the response
+    signal against class-by-class loops that reshape by hand."""
+    torch.manual_seed(0)
+    style = {"timm_avg_2prefix": "timm", "reshape": None}.get(kind, kind)
+    model = TinyViT(prefix=2 if kind == "timm_avg_2prefix" else 1, style=style,
+                    pool="avg" if kind == "timm_avg_2prefix" else "token").eval()
+    x = torch.randn(2, 3, 12, 12)
+    features, head, to_grid, from_grid = _token_split(model)
+    kwargs = {"layer": "blocks.0", "reshape": to_grid} if kind == "reshape" else {}
+    explainer = clear_native.Clear(model, method, channel_reduce=None if method == "cam" else "sum", **kwargs)
+    got = explainer(x, keep_class_maps=True)
+    if method == "cam":
+        want = slow_cam_maps(model, x, (features, head), to_grid)
+        assert explainer.last_source.startswith("head contribution at the "
+                                                + ("reshape=" if kind == "reshape" else "token grid 3x3"))
+    else:
+        want = slow_grid_response_maps(model, x, method, (features, head), to_grid, from_grid)
+    assert "(2, 8, 3, 3)" in explainer.last_source
+    torch.testing.assert_close(got.class_maps, want)
+    assert_dominance(got, got.class_maps, got.prediction)
+
+
+def test_token_model_errors():
+    torch.manual_seed(0)
+    model, x = TinyViT(style=None).eval(), torch.randn(2, 3, 12, 12)
+    for method in ("cam", "guided"):  # no map, no declared grid: name the layer (and reshape=)
+        with pytest.raises(ValueError, match="needs the last spatial feature map.*layer=.*reshape="):
+            clear_native.Clear(model, method)(x)
+        with pytest.raises(ValueError, match=r"shape \(2, 10, 8\), not an \(N, K, h, w\) map.*reshape="):
+            clear_native.Clear(model, method, layer="blocks.0")(x)
+        with pytest.raises(ValueError, match=r"reshape= must return an \(N, K, h, w\) map"):
+            clear_native.Clear(model, method, layer="blocks.0", reshape=lambda t: t[:, 1:])(x)
+    timm_like = TinyViT(style="timm").eval()
+    with pytest.raises(ValueError, match=r"not the model's patch tokens \(N, 1 \+ 3 x 3, D\).*reshape="):
+        clear_native.Clear(timm_like, "cam", layer="head")(x)  # (N, 5): not tokens on the grid
+    # a named token layer is reshaped on the declared grid as well
+    named = clear_native.Clear(timm_like, "cam", layer="blocks.0")(x, keep_class_maps=True)
+    auto = clear_native.Clear(timm_like, "cam")(x, keep_class_maps=True)
+    torch.testing.assert_close(named.class_maps, auto.class_maps)
+    # a token model inside a wrapper (e.g. input normalisation): found in the submodules
+    wrapped = nn.Sequential(nn.Identity(), timm_like)
+    explainer = clear_native.Clear(wrapped, "cam")
+    torch.testing.assert_close(explainer(x, keep_class_maps=True).class_maps, auto.class_maps)
+    assert "'1.blocks.1'" in explainer.last_source
+
+
+@pytest.mark.parametrize("method", ["cam", *BACKPROP])
+def test_channels_last_maps(method):
+    """timm Swin-style channels-last maps (output_fmt = "NHWC") are permuted to (N, D, h, w)."""
+    torch.manual_seed(0)
+    model, x = ChannelsLastNet().eval(), torch.randn(2, 3, 12, 12)
+    features = lambda m, t: m.norm(m.features(t).permute(0, 2, 3, 1))  # the input of the pooling
+    head = lambda m, f: m.fc(f.mean((1, 2)))
+    to_grid = lambda t: t.permute(0, 3, 1, 2)
+    explainer = clear_native.Clear(model, method, channel_reduce=None if method == "cam" else "sum")
+    got = explainer(x, keep_class_maps=True)
+    if method == "cam":  # a linear head on the mean of the permuted map: the fused path
+        want = slow_cam_maps(model, x, (features, head), to_grid)
+        assert explainer.last_source.startswith("linear head (fused)")
+        fast = explainer(x)
+        torch.testing.assert_close(fast.dominant_response, got.dominant_response)
+    else:
+        want = slow_grid_response_maps(model, x, method, (features, head), to_grid,
+                                       lambda s, like: s.permute(0, 2, 3, 1))
+    assert "channels-last map" in explainer.last_source and "(2, 8, 6, 6)" in explainer.last_source
+    torch.testing.assert_close(got.class_maps, want)
