@@ -216,13 +216,8 @@ def parse_classes(spec: str | None, num_classes: int | None = None):
     return ids
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True, allow_nan=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+# Looked up at call time (the fault-injection tests replace it): the store's atomic write.
+_write_json_atomic = _store.write_json_atomic
 
 
 def _read_json(path: Path):
