@@ -97,13 +97,18 @@ def project_dominance(features: torch.Tensor, weight: torch.Tensor, bias: torch.
     values = indices = None
     for start in range(0, max(c, 1), class_chunk):
         stop = min(start + class_chunk, c)
+        w_chunk = weight[start:stop].to(acc)
         if one_gemm:
-            maps = (weight[start:stop].to(acc) @ flat).view(stop - start, n, h * w).transpose(0, 1)
+            # The bias inside the GEMM (addmm); the (N, c', h, w) maps stay a view of its
+            # (c', N*h*w) result, which the CPU kernel reads in place.
+            maps = (w_chunk @ flat if bias is None else
+                    torch.addmm(bias[start:stop].to(acc).unsqueeze(1), w_chunk, flat))
+            maps = maps.view(stop - start, n, h, w).transpose(0, 1)
         else:
-            maps = torch.matmul(weight[start:stop].to(acc), flat)  # (N, c', h*w)
-        if bias is not None:
-            maps = maps + bias[start:stop].to(acc).unsqueeze(-1)
-        maps = maps.reshape(n, stop - start, h, w)
+            maps = torch.matmul(w_chunk, flat)  # (N, c', h*w)
+            if bias is not None:
+                maps = maps + bias[start:stop].to(acc).unsqueeze(-1)
+            maps = maps.view(n, stop - start, h, w)
         values, indices = torch.ops.clear_native.upsample_dominance(
             maps, [out_h, out_w], mode, align_corners, target, values, indices, start, True,
             runner_up, weakest)

@@ -108,6 +108,77 @@ CN_INLINE void dominance_update(V& v1, I& i1, V& v2, I& i2, V& vm, I& im, V v, I
   }
 }
 
+// `a > b ? a : b` and `a < b ? a : b`: the second operand on ties and whenever
+// a NaN is involved (x86's maxps / minps; SIMD overloads in cpu/vec_avx2.h).
+template <typename T>
+CN_INLINE T max_of(T a, T b) {
+  return a > b ? a : b;
+}
+template <typename T>
+CN_INLINE T min_of(T a, T b) {
+  return a < b ? a : b;
+}
+
+// select(m, c, i) for a class c above the class i >= 0 held (SIMD: a max
+// instead of a blend).
+template <typename I>
+CN_INLINE I take_class(bool m, I c, I i) {
+  return m ? c : i;
+}
+
+// Exchanges a and b where m is set.
+template <typename M, typename I>
+CN_INLINE void swap_where(M m, I& a, I& b) {
+  const I t = a;
+  a = select(m, b, a);
+  b = select(m, t, b);
+}
+
+// dominance_update<kOrdered = true> for slots that all hold a class (none
+// empty, so no NaN value) and a candidate class c above every class held: the
+// same result bit for bit, with max / min instead of compare-and-select for the
+// values. NaN candidates need no test: every comparison with them is false,
+// and max_of / min_of then keep the holder. The runner-up: if v beats the best
+// (v > v1 >= v2), max_of(v, v2) = v and min_of keeps v1; otherwise
+// max_of(v, v2) <= v1 and min_of keeps it (ties and signed zeros included).
+template <bool kRunnerUp = true, bool kWeakest = true, typename V, typename I>
+CN_INLINE void dominance_update_filled(V& v1, I& i1, V& v2, I& i2, V& vm, I& im, V v, I c) {
+  const auto b1 = v > v1;
+  if constexpr (kRunnerUp) {
+    // c where v beats the runner-up (so wherever it beats the best), then
+    // exchanged with the best's class where v beats the best.
+    i2 = take_class(v > v2, c, i2);
+    swap_where(b1, i1, i2);
+    v2 = min_of(v1, max_of(v, v2));
+  } else {
+    i1 = take_class(b1, c, i1);
+  }
+  v1 = max_of(v, v1);
+  if constexpr (kWeakest) {
+    im = take_class(v < vm, c, im);
+    vm = min_of(v, vm);
+  }
+}
+
+// The slots after the first two candidates (x0, c0), (x1, c1), c0 < c1, of
+// empty slots in order: dominance_update<true> twice, without its NaN tests,
+// for x0 not NaN (x1 may be: it then leaves the runner-up empty).
+template <bool kRunnerUp = true, bool kWeakest = true, typename V, typename I>
+CN_INLINE void dominance_first2(V& v1, I& i1, V& v2, I& i2, V& vm, I& im, V x0, I c0, V x1, I c1) {
+  const auto b = x1 > x0;
+  if constexpr (kRunnerUp) {
+    v2 = min_of(x0, x1);
+    i2 = select(b, c0, c1);
+  }
+  v1 = max_of(x1, x0);
+  i1 = select(b, c1, c0);
+  if constexpr (kWeakest) {
+    const auto bm = x1 < x0;
+    vm = min_of(x1, x0);
+    im = select(bm, c1, c0);
+  }
+}
+
 // Stored form (outputs and streaming state: -1 / NaN when empty) -> kernel slot.
 template <bool kOrdered, bool kMax, typename T>
 CN_INLINE void slot_load(T stored_v, int64_t stored_i, T& v, int32_t& i) {

@@ -112,7 +112,9 @@ std::tuple<Tensor, Tensor> upsample_dominance_impl(
     itab = torch::stable::to(itab, maps.device());
   }
 
-  Tensor x = torch::stable::contiguous(maps);
+  // The CPU kernel reads any layout (the class-major maps that
+  // project_dominance's GEMM leaves need no copy); CUDA's wants NCHW.
+  Tensor x = maps.is_cpu() ? maps : torch::stable::contiguous(maps);
   const int64_t* it = static_cast<const int64_t*>(itab.const_data_ptr());
   const char* ft = static_cast<const char*>(ftab.const_data_ptr());
   const size_t es = ftab.element_size();
@@ -123,6 +125,7 @@ std::tuple<Tensor, Tensor> upsample_dominance_impl(
   a.maps = x.const_data_ptr();
   a.dtype = dt;
   a.N = N, a.C = C, a.h = h, a.w = w, a.H = H, a.W = W;
+  a.stride_n = x.stride(0), a.stride_c = x.stride(1), a.stride_h = x.stride(2), a.stride_w = x.stride(3);
   a.mode = mode;
   a.align_corners = align_corners;
   a.row0 = it, a.row1 = it + H, a.col0 = it + 2 * H, a.col1 = it + 2 * H + W;

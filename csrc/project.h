@@ -13,10 +13,12 @@ namespace clear_native {
 
 // Streaming state, target and outputs (StreamingArgs) at the output size (H, W).
 struct UpsampleDominanceArgs : StreamingArgs {
-  // Low-resolution class maps (N, C, h, w), contiguous, float or double.
+  // Low-resolution class maps (N, C, h, w), float or double, with element
+  // strides (any layout on CPU; contiguous for the CUDA kernel).
   const void* maps = nullptr;
   torch::headeronly::ScalarType dtype = torch::headeronly::ScalarType::Float;
   int64_t N = 0, C = 0, h = 0, w = 0, H = 0, W = 0;
+  int64_t stride_n = 0, stride_c = 0, stride_h = 0, stride_w = 0;
   InterpMode mode = InterpMode::kBilinear;
   bool align_corners = false;
   // Per output row / column: source indices and weights (bilinear), or the

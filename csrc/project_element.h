@@ -125,8 +125,8 @@ struct CellCorners {
 };
 
 template <typename A>
-CN_INLINE CellCorners<A> cell_corners(const A* mc, int64_t k00, int64_t k01, int64_t k10, int64_t k11) {
-  CellCorners<A> r{{mc[k00], mc[k01], mc[k10], mc[k11]}, A(0), A(0)};
+CN_INLINE CellCorners<A> corners_of(A a, A b, A c, A d) {
+  CellCorners<A> r{{a, b, c, d}, A(0), A(0)};
   const A* v = r.v;
   if (!(v[0] == v[0] && v[1] == v[1] && v[2] == v[2] && v[3] == v[3])) {  // NaN corner: unbounded
     r.lo = -std::numeric_limits<A>::infinity();
@@ -140,6 +140,11 @@ CN_INLINE CellCorners<A> cell_corners(const A* mc, int64_t k00, int64_t k01, int
   r.hi = r.hi > v[2] ? r.hi : v[2];
   r.hi = r.hi > v[3] ? r.hi : v[3];
   return r;
+}
+
+template <typename A>
+CN_INLINE CellCorners<A> cell_corners(const A* mc, int64_t k00, int64_t k01, int64_t k10, int64_t k11) {
+  return corners_of(mc[k00], mc[k01], mc[k10], mc[k11]);
 }
 
 // The corners of champion class `c` of a cell; a missing champion (-1) is

@@ -362,3 +362,120 @@ def test_baseline_simd_build_matches_reference():
         "        torch.testing.assert_close(getattr(a, f), getattr(b, f), rtol=0, atol=0, equal_nan=True)\n"
         "print('ok')\n")
     run_with_baseline_cpu_build(code)
+
+
+# The AVX2 body's fast paths: 16 pixels per step (32 for the dominant class alone),
+# then 8, then the scalar tail; class blocks of 2 (the first), 8, 4, 2, 1; slots that
+# hold a class take dominance_update_filled (max / min, no NaN tests), others the
+# general update, decided per block and pixel group. Pixel counts around the step
+# widths and the 1024-pixel tile, class counts around the block sizes, and inputs that
+# keep some slots empty for a while (NaN in the first classes), -inf and ties.
+FAST_PATH_SHAPES = [(1, 2, 16), (2, 3, 47), (1, 9, 33), (2, 11, 1024 + 40 + 7), (1, 27, 2, 37),
+                    (2, 120, 5, 13)]
+
+
+def edge_responses(shape, kind, dtype):
+    g = torch.Generator().manual_seed(sum(shape))
+    c = shape[1]
+    if kind == "nan_first":    # slots fill late, lane by lane; NaN later too
+        x = torch.randn(shape, generator=g, dtype=torch.float64)
+        first = torch.rand(shape, generator=g) < torch.where(torch.arange(c) < 5, 0.6, 0.05).view(
+            1, c, *([1] * (len(shape) - 2)))
+        x[first] = float("nan")
+    elif kind == "neg_inf":    # -inf everywhere, often first: ties with an "empty" -inf
+        x = torch.randint(-1, 2, shape, generator=g).to(torch.float64)
+        x[torch.rand(shape, generator=g) < 0.4] = float("-inf")
+    elif kind == "ties":       # few values, +-0 among them
+        x = torch.randint(-1, 2, shape, generator=g).to(torch.float64)
+        x = torch.where((x == 0) & (torch.rand(shape, generator=g) < 0.5), -0.0, x)
+    else:                      # smooth: long runs without a change of winner
+        x = torch.randn(shape, generator=g, dtype=torch.float64).cumsum(-1) / 8
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("flags", [(True, True), (True, False), (False, True), (False, False)], ids=str)
+@pytest.mark.parametrize("kind", ["nan_first", "neg_inf", "ties", "smooth"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", FAST_PATH_SHAPES, ids=str)
+def test_fast_paths_match_reference(shape, dtype, kind, flags):
+    runner_up, weakest = flags
+    x = edge_responses(shape, kind, dtype)
+    target = torch.tensor([shape[1] - 1, 0][:shape[0]])
+    got = clear_native.dominance(x, target, runner_up=runner_up, weakest=weakest)
+    want = reference.dominance(x, target)
+    names = FIELDS[:2] + (FIELDS[2:4] if runner_up else []) + (FIELDS[4:] if weakest else [])
+    for name in names + ["target_response"] + (["rival_class", "rival_response"] if runner_up else []):
+        torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=0, atol=0, equal_nan=True,
+                                   msg=name)
+    if not runner_up:
+        assert (got.runner_up_class == -1).all() and got.runner_up_response.isnan().all()
+    if not weakest:
+        assert (got.weakest_class == -1).all() and got.weakest_response.isnan().all()
+
+
+def test_fast_paths_stream_from_a_filled_state():
+    """Ordered chunks after the first start from slots that hold a class (the fast
+    update from the first class of the chunk); the result equals one call."""
+    x = edge_responses((2, 61, 3, 45), "nan_first", torch.float32)
+    target = torch.tensor([60, 7])
+    state = None
+    for s in (0, 9, 10, 27, 43):
+        stop = {0: 9, 9: 10, 10: 27, 27: 43, 43: 61}[s]
+        state = clear_native.dominance(x[:, s:stop], target, state=state, class_offset=s, num_classes=61)
+    assert_same(state, reference.dominance(x, target), with_target=True)
+
+
+def _kernel_cases():
+    """Raw operator outputs over the fast paths' edge cases (both orders, every flag)."""
+    op = torch.ops.clear_native.dominance
+    out = []
+    for shape in [(2, 11, 1071), (1, 27, 2, 37), (2, 3, 47)]:
+        for kind in ("nan_first", "neg_inf", "ties", "smooth"):
+            for dtype in (torch.float32, torch.float16, torch.float64):
+                x = edge_responses(shape, kind, dtype)
+                t = torch.tensor([shape[1] - 1, 0][:shape[0]])
+                for ordered in (True, False):
+                    for flags in ((True, True), (True, False), (False, True), (False, False)):
+                        out.append(op(x, t, None, None, 0, ordered, *flags))
+                v, i = op(x[:, :5], t, None, None, 0, True, True, True)
+                out.append(op(x[:, 5:], t, v, i, 5, True, True, True))
+    return out
+
+
+def _bits(v):
+    return v.view({torch.float64: torch.int64, torch.float32: torch.int32}[v.dtype])
+
+
+def test_baseline_simd_build_is_bit_identical(tmp_path):
+    """The scalar (non-AVX2) body gives the AVX2 body's values bit for bit, signed
+    zeros and NaN included (what assert_close cannot see)."""
+    path = tmp_path / "baseline.pt"
+    code = (
+        "import torch, clear_native, test_dominance\n"
+        "assert clear_native.build_info()['cpu_capability'] == 'default'\n"
+        f"torch.save(test_dominance._kernel_cases(), {str(path)!r})\n"
+        "print('ok')\n")
+    run_with_baseline_cpu_build(code)
+    for (v, i), (bv, bi) in zip(_kernel_cases(), torch.load(path)):
+        assert torch.equal(_bits(v), _bits(bv)) and torch.equal(i, bi)
+
+
+@pytest.mark.parametrize("flags", [(True, True), (True, False), (False, True), (False, False)], ids=str)
+@pytest.mark.parametrize("kind", ["nan_first", "neg_inf", "ties", "smooth"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_in_order_update_equals_the_general_one(dtype, kind, flags):
+    """One call in order (ordered=True: the fast paths) against the general,
+    order-independent update (ordered=False: no fast path), bit for bit: signed
+    zeros, ties and NaN included, which a comparison with the reference cannot see."""
+    op = torch.ops.clear_native.dominance
+    for shape in [(2, 11, 1071), (1, 27, 2, 37), (2, 3, 47)]:
+        x = edge_responses(shape, kind, dtype)
+        t = torch.tensor([shape[1] - 1, 0][:shape[0]])
+        fast = op(x, t, None, None, 0, True, *flags)
+        # Without a state a call counts as ordered: an all-empty state forces the
+        # general update.
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        empty_v = torch.full((4, shape[0], *shape[2:]), float("nan"), dtype=acc)
+        empty_i = torch.full((3, shape[0], *shape[2:]), -1, dtype=torch.int64)
+        general = op(x, t, empty_v, empty_i, 0, False, *flags)
+        assert torch.equal(_bits(fast[0]), _bits(general[0])) and torch.equal(fast[1], general[1])

@@ -194,6 +194,106 @@ def test_dense_rows_and_pruned_cells_agree(geometry, align_corners, c):
                 torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
 
 
+def low_rank_maps(c, h, w, n=2, k=16, seed=3):
+    """Class maps W . F of ReLU features (k channels): most classes are beaten in a
+    cell by its few strong ones, as with a trained head; the champion tests prune
+    them."""
+    g = torch.Generator().manual_seed(seed)
+    features = torch.relu(F.avg_pool2d(torch.randn(n, k, h + 2, w + 2, generator=g), 3, 1))
+    return torch.einsum("nkhw,ck->nchw", features, torch.randn(c, k, generator=g)) + 0.1 * torch.randn(
+        1, c, 1, 1, generator=g)
+
+
+MAP_LAYOUTS = ["contiguous", "channels_last", "class_major", "sliced"]
+
+
+def layout_of(maps, layout):
+    """The same maps in another memory layout: channels-last, class-major ((C, N, h, w)
+    memory, as project_dominance's GEMM leaves them), or a slice of a wider tensor."""
+    if layout == "channels_last":
+        return maps.contiguous(memory_format=torch.channels_last)
+    if layout == "class_major":
+        return maps.transpose(0, 1).contiguous().transpose(0, 1)
+    if layout == "sliced":
+        wide = torch.full((maps.shape[0], maps.shape[1] + 1, maps.shape[2], 2 * maps.shape[3]), float("nan"))
+        wide[:, 1:, :, ::2] = maps
+        return wide[:, 1:, :, ::2]
+    return maps
+
+
+@pytest.mark.parametrize("layout", MAP_LAYOUTS[1:])
+@pytest.mark.parametrize("mode,align_corners,prune", [("bilinear", False, 0), ("bilinear", False, 2),
+                                                      ("bilinear", True, 1), ("nearest", False, 1)])
+def test_map_layouts_read_in_place(layout, mode, align_corners, prune):
+    """The CPU kernel reads the maps in any layout: results equal the contiguous maps'."""
+    maps = low_rank_maps(45, 5, 6)
+    t = torch.tensor([0, 44])
+    want = op(maps, [23, 31], mode, align_corners, t, prune=prune)
+    got = op(layout_of(maps, layout), [23, 31], mode, align_corners, t, prune=prune)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("flags", [(True, True), (True, False), (False, True), (False, False)], ids=str)
+@pytest.mark.parametrize("geometry", [((7, 7), (224, 224)), ((1, 2), (5, 150)), ((3, 4), (37, 70)),
+                                      ((2, 2), (3, 2))], ids=str)
+@pytest.mark.parametrize("c", [3, 40, 300])
+def test_champion_pruning_is_exact(c, geometry, flags):
+    """The pruned cells (interval and champion tests, survivors interpolated once per
+    cell, 16 / 8 pixels and a scalar tail per step, cells wider than one column chunk)
+    equal every class at every pixel, bit for bit: with and without a target, from an
+    empty and from a streamed state, class-major maps."""
+    (h, w), size = geometry
+    maps = low_rank_maps(c, h, w)
+    ru, wk = flags
+    for t in (torch.tensor([c - 1, 0]), None):
+        full = op(maps, list(size), "bilinear", False, t, runner_up=ru, weakest=wk, prune=0)
+        got = op(layout_of(maps, "class_major"), list(size), "bilinear", False, t, runner_up=ru, weakest=wk,
+                 prune=2)
+        for a, b in zip(got, full):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    split = max(1, c // 3)
+    v, i = op(maps[:, :split].contiguous(), list(size), "bilinear", False, None, runner_up=ru, weakest=wk, prune=2)
+    got = op(maps[:, split:].contiguous(), list(size), "bilinear", False, None, v, i, split, True, ru, wk, 2)
+    full = op(maps, list(size), "bilinear", False, None, runner_up=ru, weakest=wk, prune=0)
+    for a, b in zip(got, full):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("kind", ["low_rank", "specials", "near_ties", "zeros"])
+def test_in_order_update_equals_the_general_one(kind):
+    """Pruned cells in order (ordered=True: the fast update once two survivors fill
+    the slots) against the general, order-independent update (ordered=False), bit for
+    bit: signed zeros, ties and NaN included."""
+    if kind == "low_rank":
+        maps = low_rank_maps(40, 7, 7)
+    elif kind == "zeros":  # +-0 and a few ones: ties and signed zeros after interpolation
+        g = torch.Generator().manual_seed(2)
+        maps = torch.randint(0, 2, (2, 40, 7, 7), generator=g).float() * (torch.rand(2, 40, 7, 7, generator=g) < 0.1)
+        # Mostly -0 corners, so that interpolated zeros of both signs compete.
+        maps = torch.where((maps == 0) & (torch.rand(2, 40, 7, 7, generator=g) < 0.9), -0.0, maps)
+    else:
+        maps = adversarial_maps(kind, c=40, h=7, w=7)
+    t = torch.tensor([0, 39])
+    # Without a state a call counts as ordered: an all-empty state forces the general update.
+    empty_v = torch.full((4, 2, 56, 45), float("nan"))
+    empty_i = torch.full((3, 2, 56, 45), -1, dtype=torch.int64)
+    for flags in ((True, True), (True, False), (False, True), (False, False)):
+        fast = op(maps, [56, 45], "bilinear", False, t, None, None, 0, True, *flags, 2)
+        general = op(maps, [56, 45], "bilinear", False, t, empty_v, empty_i, 0, False, *flags, 2)
+        assert torch.equal(fast[0].view(torch.int32), general[0].view(torch.int32))
+        assert torch.equal(fast[1], general[1])
+
+
+def test_real_head_matches_reference():
+    """A head with classes that share features (W . F of ReLU features, 300 classes)
+    through project_dominance's one-GEMM path (class-major maps read in place)."""
+    g = torch.Generator().manual_seed(4)
+    features = torch.relu(F.avg_pool2d(torch.randn(3, 256, 9, 9, generator=g), 3, 1))
+    weight, bias = torch.randn(300, 256, generator=g) / 16, 0.1 * torch.randn(300, generator=g)
+    check(features, weight, bias, (56, 61), target=torch.tensor([0, 299, 150]))
+
+
 @pytest.mark.parametrize("class_chunk", [None, 70])
 def test_large_head_single_gemm(class_chunk):
     """Heads with C*K >= 65536 take one (C, K) x (K, N*h*w) product (and its permute)."""
@@ -330,6 +430,14 @@ def _kernel_cases():
         for mode, ac in (("bilinear", False), ("bilinear", True), ("nearest", False)):
             for prune in (0, 2):
                 out.append(op(maps, size, mode, ac, torch.tensor([1, c - 1]), prune=prune))
+    # The pruned cells' champion tests, wide cells, class-major maps, a state.
+    for (h, w), size in [((7, 7), [224, 224]), ((1, 2), [5, 150])]:
+        maps = low_rank_maps(200, h, w)
+        t = torch.tensor([3, 199])
+        for layout in MAP_LAYOUTS:
+            out.append(op(layout_of(maps, layout), size, "bilinear", False, t, prune=2))
+        v, i = op(maps[:, :50].contiguous(), size, "bilinear", False, t, prune=2)
+        out.append(op(maps[:, 50:].contiguous(), size, "bilinear", False, t, v, i, 50, True, prune=2))
     return out
 
 
@@ -344,5 +452,5 @@ def test_baseline_simd_build_is_bit_identical(tmp_path):
         "print('ok')\n")
     run_with_baseline_cpu_build(code)
     for (v, i), (bv, bi) in zip(_kernel_cases(), torch.load(path)):
-        torch.testing.assert_close(v, bv, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(v.view(torch.int32), bv.view(torch.int32))  # bits: signed zeros, NaN
         assert torch.equal(i, bi)

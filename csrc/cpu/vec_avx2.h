@@ -10,6 +10,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
@@ -43,6 +44,22 @@ inline Vec8f select(Mask8 m, Vec8f a, Vec8f b) {
 inline Vec8i select(Mask8 m, Vec8i a, Vec8i b) {
   return {_mm256_blendv_epi8(b.v, a.v, m.m)};
 }
+
+// a > b ? a : b and a < b ? a : b (maxps / minps: b on ties and NaN).
+inline Vec8f max_of(Vec8f a, Vec8f b) { return {_mm256_max_ps(a.v, b.v)}; }
+inline Vec8f min_of(Vec8f a, Vec8f b) { return {_mm256_min_ps(a.v, b.v)}; }
+// m ? c : i for classes c > i >= 0 (dominance_element.h): max(i, m & c).
+inline Vec8i take_class(Mask8 m, Vec8i c, Vec8i i) {
+  return {_mm256_max_epi32(i.v, _mm256_and_si256(m.m, c.v))};
+}
+// Exchanges a and b where m is set (three xors and an and, no blend).
+inline void swap_where(Mask8 m, Vec8i& a, Vec8i& b) {
+  const __m256i x = _mm256_and_si256(_mm256_xor_si256(a.v, b.v), m.m);
+  a.v = _mm256_xor_si256(a.v, x);
+  b.v = _mm256_xor_si256(b.v, x);
+}
+// True when any lane is NaN.
+inline bool any_nan(Vec8f x) { return _mm256_movemask_ps(_mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q)) != 0; }
 
 inline Vec8f set1(float x) { return {_mm256_set1_ps(x)}; }
 inline Vec8i set1(int32_t x) { return {_mm256_set1_epi32(x)}; }
