@@ -1,7 +1,9 @@
 // Per-switch logic of the unpool_deconv operator (one deconvnet layer: un-pool,
-// ReLU rule, transposed convolution), shared verbatim by the CPU kernel
-// (csrc/cpu/simd/unpool_deconv_kernel.cpp) and the CUDA kernel
-// (csrc/cuda/unpool_deconv_kernel.cu), so the CPU tests exercise the code the GPU runs.
+// ReLU rule, transposed convolution), shared by the CPU kernel
+// (csrc/cpu/simd/unpool_deconv_kernel.cpp: unpool_rule, rectify_value, switch_row;
+// its AVX2 body evaluates the same selects 8 lanes at a time and reaches the taps
+// through a zero-padded accumulator instead of for_each_tap's bounds checks) and the
+// CUDA kernel (csrc/cuda/unpool_deconv_kernel.cu).
 //
 // For conv -> ReLU -> max-pool with disjoint pooling windows, the backward signal
 // g at a pooled output reaches exactly one conv output (its switch), passes the
@@ -20,23 +22,23 @@ namespace clear_native {
 
 enum UnpoolDeconvRule : int { kRuleGradient = 0, kRuleDeconvnet = 1, kRuleGuided = 2 };
 
-// The signal the ReLU between convolution and pooling passes back at a switch,
-// given the signal g at the pooled output p = relu(x) (x: the conv output there):
-//   gradient: g * (x > 0);  deconvnet: relu(g);  guided: relu(g) * (x > 0).
-// x > 0 exactly when p > 0 (p = max(x, 0); NaN > 0 is false), so the pooled output
-// stands in for x. A NaN signal passes as torch.clamp(min=0) passes it.
-template <typename T>
-CN_INLINE T unpool_rule(int rule, T g, T p) {
-  if (rule != kRuleDeconvnet && !(p > T(0))) return T(0);
-  if (rule == kRuleGradient || g != g) return g;
-  return g > T(0) ? g : T(0);
-}
-
 // The output's rectification (rectify_output=True): torch.clamp(min=0) exactly
 // (NaN and -0.0 pass).
 template <typename T>
 CN_INLINE T rectify_value(T v) {
   return v < T(0) ? T(0) : v;
+}
+
+// The signal the ReLU between convolution and pooling passes back at a switch,
+// given the signal g at the pooled output p = relu(x) (x: the conv output there):
+//   gradient: g * (x > 0);  deconvnet: relu(g);  guided: relu(g) * (x > 0).
+// x > 0 exactly when p > 0 (p = max(x, 0); NaN > 0 is false), so the pooled output
+// stands in for x. relu is torch.clamp(min=0): a NaN signal passes (and -0.0, a zero
+// signal like +0.0: it adds nothing). Written as selects, without branches.
+template <typename T>
+CN_INLINE T unpool_rule(int rule, T g, T p) {
+  const T r = rule == kRuleGradient ? g : rectify_value(g);
+  return rule == kRuleDeconvnet || p > T(0) ? r : T(0);
 }
 
 // Input coordinate (one axis) reached by kernel tap k from the conv output

@@ -17,6 +17,10 @@ GEOMETRIES = [
     (1, 7, 9, 9, 1, 1, 0, 1, 3, 3, 1, False),       # 1x1 conv, 3x3 pool with padding
     (5, 1, 8, 11, (3, 1), (1, 2), (1, 0), 1, (2, 1), (2, 1), 0, False),  # rectangular, one channel
     (9, 16, 10, 10, 3, 1, 1, 1, (1, 2), (1, 2), 0, False),  # 1x2 pool windows
+    # 3x3 kernels of the CPU fast path (8-channel blocks, weights in registers):
+    (24, 7, 13, 11, 3, 1, 1, 1, 2, 2, 0, False),   # 3 blocks; 11 wide (overlapping 8x8 transposes); 30 signals (a tail)
+    (16, 9, 6, 5, 3, 1, 2, 1, 2, 2, 0, True),      # 5 wide (scalar transpose), padding 2, ceil_mode
+    (8, 4, 12, 12, 3, 2, 1, 2, 2, 2, 0, False),    # strided and dilated 3x3
 ]
 
 
@@ -95,6 +99,45 @@ def test_ties_nan_and_zero_signals():
         got = ours(g, idx, pooled.detach(), w, x, geo, rule)
         torch.testing.assert_close(got, want, equal_nan=True)
         assert torch.isnan(got[0]).any() == (rule == "deconvnet" or bool((pooled[0, :3] > 0).any()))
+
+
+def test_compaction_edge_cases():
+    """Invalid switches, NaN, zero and all-zero signals in the 8-wide and in the tail part
+    of the CPU kernel's signal gathering, narrow conv outputs (Wo < 3) and images with no
+    signal at all, against the reference."""
+    torch.manual_seed(3)
+    cases = [(10, (12, 12), (3, 3), 1), (3, (9, 2), (3, 1), 0), (5, (1, 13), (1, 3), (0, 1))]
+    for c_in, size, k, pad in cases:
+        w = torch.randn(6, c_in, *k)
+        x = torch.randn(4, c_in, *size)
+        for rule in RULES:
+            with relu_rule(rule):
+                y = F.relu(F.conv2d(x, w, padding=pad))
+            pooled, idx = F.max_pool2d(y, (min(2, y.shape[2]), 2), return_indices=True)
+            g = torch.randn_like(pooled)
+            g[0] = 0.0                       # an image without signal
+            g[1, :2] = float("nan")
+            g[2, ::2] = 0.0
+            g[3].view(-1)[::3] = -0.0
+            got = unpool_deconv(g, idx, w, size, pooled=pooled, padding=pad, rule=rule, rectify_output=True)
+            want = reference.unpool_deconv(g, idx, w, size, pooled=pooled, padding=pad, rule=rule,
+                                           rectify_output=True)
+            torch.testing.assert_close(got, want, equal_nan=True)
+            assert (got[0] == 0).all()
+    # An invalid switch is reported wherever it sits (8-wide part, tail), unless its
+    # signal is zero.
+    w = torch.randn(4, 8, 3, 3)
+    g = torch.rand(2, 4, 3, 3) + 0.5                # 9 positions: 8 wide + a tail of 1
+    for pos in (0, 5, 8):
+        idx = torch.zeros(2, 4, 3, 3, dtype=torch.int64)
+        idx[1, 2].view(-1)[pos] = 36
+        with pytest.raises(RuntimeError, match=r"indices must lie in \[0, 36\).*got 36"):
+            unpool_deconv(g, idx, w, (6, 6), padding=1)
+        g0 = g.clone()
+        g0[1, 2].view(-1)[pos] = 0.0
+        out = unpool_deconv(g0, idx, w, (6, 6), padding=1)
+        idx[1, 2].view(-1)[pos] = 0
+        torch.testing.assert_close(out, unpool_deconv(g0, idx, w, (6, 6), padding=1), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -96,3 +96,26 @@ namespace clear_native::cpu::avx2 {
 inline Vec8f operator+(Vec8f a, Vec8f b) { return {_mm256_add_ps(a.v, b.v)}; }
 inline Vec8f operator*(Vec8f a, Vec8f b) { return {_mm256_mul_ps(a.v, b.v)}; }
 }  // namespace clear_native::cpu::avx2
+
+namespace clear_native::cpu::avx2 {
+// Transposes the 8x8 block r[0..7] (row i: 8 consecutive floats) in place: afterwards
+// r[j][i] is the old r[i][j]. Moves only, no arithmetic.
+inline void transpose8(Vec8f r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0].v, r[1].v), t1 = _mm256_unpackhi_ps(r[0].v, r[1].v);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2].v, r[3].v), t3 = _mm256_unpackhi_ps(r[2].v, r[3].v);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4].v, r[5].v), t5 = _mm256_unpackhi_ps(r[4].v, r[5].v);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6].v, r[7].v), t7 = _mm256_unpackhi_ps(r[6].v, r[7].v);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0].v = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1].v = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2].v = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3].v = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4].v = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5].v = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6].v = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7].v = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+}  // namespace clear_native::cpu::avx2
