@@ -42,17 +42,6 @@ def check_devices(op: str, ref_name: str, ref: torch.Tensor, **tensors) -> None:
                                f"got {t.device}")
 
 
-@torch.library.register_fake("clear_native::dominance")
-def _dominance_fake(responses, target=None, state_values=None, state_indices=None,
-                    class_offset=0, ordered=False, runner_up=True, weakest=True):
-    check_devices("dominance", "responses", responses, target=target, state_values=state_values,
-                  state_indices=state_indices)
-    n, spatial = responses.shape[0], responses.shape[2:]
-    values = responses.new_empty((NUM_VALUE_PLANES, n, *spatial), dtype=_acc_dtype(responses.dtype))
-    indices = responses.new_empty((NUM_INDEX_PLANES, n, *spatial), dtype=torch.int64)
-    return values, indices
-
-
 def build_info() -> dict:
     """What this build of the extension contains: CUDA kernels, CPU SIMD level, threads."""
     return {
@@ -74,6 +63,19 @@ def require_device_support(tensor: torch.Tensor, what: str) -> None:
         raise RuntimeError(f"{what}: expected a CPU or CUDA tensor, got device {tensor.device}")
 
 
+# -- fake kernels (shapes, dtypes, devices) of every operator ---------------------------
+
+@torch.library.register_fake("clear_native::dominance")
+def _dominance_fake(responses, target=None, state_values=None, state_indices=None,
+                    class_offset=0, ordered=False, runner_up=True, weakest=True):
+    check_devices("dominance", "responses", responses, target=target, state_values=state_values,
+                  state_indices=state_indices)
+    n, spatial = responses.shape[0], responses.shape[2:]
+    values = responses.new_empty((NUM_VALUE_PLANES, n, *spatial), dtype=_acc_dtype(responses.dtype))
+    indices = responses.new_empty((NUM_INDEX_PLANES, n, *spatial), dtype=torch.int64)
+    return values, indices
+
+
 @torch.library.register_fake("clear_native::upsample_dominance")
 def _upsample_dominance_fake(maps, size, mode="bilinear", align_corners=False, target=None,
                              state_values=None, state_indices=None, class_offset=0, ordered=False,
@@ -91,3 +93,12 @@ def _unpool_deconv_fake(grad, indices, pooled, weight, input_size, stride=(1, 1)
                         dilation=(1, 1), rule=1, rectify_output=False):
     check_devices("unpool_deconv", "grad", grad, indices=indices, pooled=pooled, weight=weight)
     return grad.new_empty((grad.shape[0], weight.shape[1], input_size[0], input_size[1]))
+
+
+@torch.library.register_fake("clear_native::render")
+def _render_fake(classes, responses, scale, palette, image=None, overlay=0.5, threshold=0.0,
+                 brightness=1.0, grey=True, transparent=False):
+    check_devices("render", "classes", classes, responses=responses, scale=scale, palette=palette,
+                  image=image)
+    n, h, w = classes.shape
+    return classes.new_empty((n, h, w, 3), dtype=torch.uint8)

@@ -27,22 +27,13 @@ from typing import Iterable, Sequence
 import torch
 
 from clear_native import palettes as _palettes
-from clear_native._ops import check_devices, require_device_support
+from clear_native._ops import require_device_support
 
 __all__ = ["render", "render_binary", "render_heatmap", "render_focus", "response_scale",
            "compute_scale", "binary_classes", "colormap"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _TINY = torch.finfo(torch.float32).tiny
-
-
-@torch.library.register_fake("clear_native::render")
-def _render_fake(classes, responses, scale, palette, image=None, overlay=0.5, threshold=0.0,
-                 brightness=1.0, grey=True, transparent=False):
-    check_devices("render", "classes", classes, responses=responses, scale=scale, palette=palette,
-                  image=image)
-    n, h, w = classes.shape
-    return classes.new_empty((n, h, w, 3), dtype=torch.uint8)
 
 
 # --- normalisation ----------------------------------------------------------------

@@ -18,10 +18,7 @@ struct DominanceArgs : StreamingArgs {
   int64_t stride_n = 0, stride_c = 0, stride_s = 0;
 };
 
-namespace cpu {
-void dominance_kernel(const DominanceArgs& args);
-}  // namespace cpu
-
+// The CPU kernel: cpu::dominance_kernel_dispatch (csrc/cpu/cpu_dispatch.h).
 namespace cuda {  // defined only in CUDA builds
 // Launches on `stream` (a cudaStream_t).
 void dominance_kernel(const DominanceArgs& args, void* stream);

@@ -38,10 +38,7 @@ struct RenderArgs {
   uint8_t* out = nullptr;
 };
 
-namespace cpu {
-void render_kernel(const RenderArgs& args);
-}  // namespace cpu
-
+// The CPU kernel: cpu::render_kernel_dispatch (csrc/cpu/cpu_dispatch.h).
 namespace cuda {  // defined only in CUDA builds
 // Launches on `stream` (a cudaStream_t).
 void render_kernel(const RenderArgs& args, void* stream);

@@ -15,8 +15,8 @@
 
 #include "cpu/cpu_dispatch.h"
 #include "dominance_element.h"
-#include "project.h"
-#include "project_element.h"
+#include "upsample_dominance.h"
+#include "upsample_dominance_element.h"
 #include "stable_utils.h"
 #include "streaming_io.h"
 

@@ -1,12 +1,12 @@
 // Raw-pointer interface between the upsample_dominance front end
-// (csrc/project.cpp) and its CPU / CUDA kernels.
+// (csrc/upsample_dominance.cpp) and its CPU / CUDA kernels.
 #pragma once
 
 #include <cstdint>
 
 #include <torch/headeronly/core/ScalarType.h>
 
-#include "project_element.h"
+#include "upsample_dominance_element.h"
 #include "streaming.h"
 
 namespace clear_native {
@@ -42,10 +42,7 @@ struct UpsampleDominanceArgs : StreamingArgs {
   int64_t prune = 1;
 };
 
-namespace cpu {
-void upsample_dominance_kernel(const UpsampleDominanceArgs& args);
-}  // namespace cpu
-
+// The CPU kernel: cpu::upsample_dominance_kernel_dispatch (csrc/cpu/cpu_dispatch.h).
 namespace cuda {  // defined only in CUDA builds
 void upsample_dominance_kernel(const UpsampleDominanceArgs& args, void* stream);
 }  // namespace cuda

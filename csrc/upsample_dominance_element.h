@@ -1,7 +1,7 @@
 // Per-element logic of the fused upsample + dominance operator
 // (clear_native::upsample_dominance, behind clear_native.project_dominance),
-// shared by the CPU (cpu/simd/project_kernel.cpp) and CUDA
-// (cuda/project_kernel.cu) kernels.
+// shared by the CPU (cpu/simd/upsample_dominance_kernel.cpp) and CUDA
+// (cuda/upsample_dominance_kernel.cu) kernels.
 //
 // Coordinates follow F.interpolate exactly (ATen's area_pixel_compute_scale /
 // area_pixel_compute_source_index / nearest_idx, float math, sizes given):

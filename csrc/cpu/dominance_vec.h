@@ -1,5 +1,5 @@
 // AVX2 helpers shared by the CPU kernels of the dominance-style operators
-// (cpu/simd/dominance_kernel.cpp, cpu/simd/project_kernel.cpp): the stored form
+// (cpu/simd/dominance_kernel.cpp, cpu/simd/upsample_dominance_kernel.cpp): the stored form
 // of 8 slots at once. Only included where CN_HAVE_VEC8 is defined.
 #pragma once
 

@@ -1,6 +1,6 @@
 // CUDA kernel of clear_native::upsample_dominance. One thread block per
 // (image, low-resolution cell): the block finds the cell's surviving classes
-// (project_element.h bounds; block-wide reduction, survivors compacted into
+// (upsample_dominance_element.h bounds; block-wide reduction, survivors compacted into
 // shared memory), then its threads evaluate the survivors at the cell's output
 // pixels. Survivors arrive in no fixed order, so the order-independent update
 // (kOrdered = false: ties by class index) is used throughout.
@@ -14,8 +14,8 @@
 #include "cuda/launch.cuh"
 #include "dominance_element.h"
 #include "flag_dispatch.h"
-#include "project.h"
-#include "project_element.h"
+#include "upsample_dominance.h"
+#include "upsample_dominance_element.h"
 
 namespace clear_native::cuda {
 namespace {
@@ -51,7 +51,7 @@ __global__ void upsample_dominance_cuda_kernel(UpsampleDominanceArgs args) {
   const bool prune = bilinear && args.prune != 0 && cell_pixels >= 4 && C > 2;
   if (threadIdx.x == 0) nmax = nmin = 0;
   if (prune) {
-    // Bounds and champions of the cell (project_element.h): per thread, then
+    // Bounds and champions of the cell (upsample_dominance_element.h): per thread, then
     // merged by thread 0 into red[0].
     CellBounds<A> b = CellBounds<A>::empty();
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {

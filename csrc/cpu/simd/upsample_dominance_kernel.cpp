@@ -11,7 +11,7 @@
 //    row is h0*l0 + h1*l1 for all classes, 8 pixels per AVX2 register;
 //  - pruned cells: for each cell of the row, the classes that cannot be best,
 //    runner-up or weakest anywhere in the cell are pruned once
-//    (project_element.h): an interval test over every class (8 classes per
+//    (upsample_dominance_element.h): an interval test over every class (8 classes per
 //    AVX2 register, on class-contiguous corners: the maps themselves when
 //    their classes are contiguous, else transposed source rows), then a
 //    champion test of the few candidates left against the candidates with the
@@ -36,8 +36,8 @@
 #endif
 #include "dominance_element.h"
 #include "flag_dispatch.h"
-#include "project.h"
-#include "project_element.h"
+#include "upsample_dominance.h"
+#include "upsample_dominance_element.h"
 
 namespace clear_native::cpu::CLEAR_NATIVE_CPU_CAPABILITY {
 namespace {
@@ -140,7 +140,7 @@ struct Candidates {
 // skips it for the weakest. More champions prune more, at O(candidates x
 // champions): on the class maps of a pretrained EfficientNet-Lite0 (N=8,
 // C=1000, 7x7), survivors per cell for the best / the weakest went from 25 / 39
-// with the two / one champions of project_element.h to 9 / 9 with 12 / 8 (the
+// with the two / one champions of upsample_dominance_element.h to 9 / 9 with 12 / 8 (the
 // candidates: 59 / 96 of the 1000 classes).
 constexpr int kMaxChampions = 12;
 constexpr int kMinChampions = 8;
@@ -302,7 +302,7 @@ struct Worker {
                           _mm256_set1_ps(inf), nan);
   }
 
-  // prune_margin(x, y) of project_element.h, 8 lanes.
+  // prune_margin(x, y) of upsample_dominance_element.h, 8 lanes.
   static CN_INLINE __m256 margin8(__m256 x, __m256 y) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     const __m256 sum = _mm256_add_ps(_mm256_andnot_ps(sign, x), _mm256_andnot_ps(sign, y));
@@ -311,7 +311,7 @@ struct Worker {
   }
 #endif
 
-  // The classes of the cell that pass the interval test (project_element.h:
+  // The classes of the cell that pass the interval test (upsample_dominance_element.h:
   // below_everywhere / above_everywhere), in class order.
   void candidates(const A* ca, const A* cb, const A* cc, const A* cd, A tmax, A tmin) {
     cmax.clear();
@@ -409,7 +409,7 @@ struct Worker {
 
   // Survivors (smax, smin) of the cell whose corners (per class) are ca, cb,
   // cc, cd: every class, or those that the interval and champion tests
-  // (project_element.h) cannot skip, in class order.
+  // (upsample_dominance_element.h) cannot skip, in class order.
   void prune_cell(const A* ca, const A* cb, const A* cc, const A* cd, bool prune) {
     const int32_t offset = static_cast<int32_t>(a.class_offset);
     smax.clear();
