@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from clear_native._relu_rules import _ReLU, _ReLUInplace, relu_rule
 from clear_native.deconv import unpool_deconv
+from clear_native.rules import Deconvnet, Rule
 
 _CONV = {F.conv2d, torch.conv2d}
 _BATCH_NORM = {F.batch_norm}
@@ -78,7 +79,7 @@ class _Site:
     stride: tuple
     padding: tuple
     dilation: tuple
-    rule: str
+    rule: Rule
     chain: tuple                   # autograd nodes that must feed only the next step
     node: object = None            # the _PoolBlock node
     below_node: object = None      # deconvnet: the node of a ReLU whose output is the conv input
@@ -96,7 +97,7 @@ class _Site:
         conv's input, or the input of the ReLU below it (rectify route)."""
         g = unpool_deconv(grad, self.indices, self.weight, self.input_size, pooled=self.mask,
                           stride=self.stride, padding=self.padding, dilation=self.dilation,
-                          rule=self.rule, rectify_output=self.rectify)
+                          rule=self.rule.name, rectify_output=self.rectify)
         return (self.below if self.rectify else self.conv_input), g
 
 
@@ -112,7 +113,7 @@ class _PoolBlock(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(indices)
         # The ReLU mask at a switch is pooled > 0 (gradient / guided rules only).
-        mask = None if site.rule == "deconvnet" else (pooled > 0).to(pooled.dtype)
+        mask = (pooled > 0).to(pooled.dtype) if site.rule.reads_activation else None
         ctx.save_for_backward(indices)  # plain route; the fast one reads the site
         site.indices, site.mask = indices, mask
         return pooled, indices
@@ -189,8 +190,10 @@ class fused_relu_rule(relu_rule):
     until then (or without it) every block takes the plain route.
     """
 
-    def __init__(self, rule: str, **watch):
+    def __init__(self, rule: str | Rule, **watch):
         super().__init__(rule, **watch)
+        if self.rule.kernel_id is None:
+            raise ValueError(f"fused_relu_rule: the native kernel has no {self.rule.name!r} rule")
         self._made: dict[int, _Produced] = {}
         self.sites: list[_Site] = []
 
@@ -292,7 +295,7 @@ class fused_relu_rule(relu_rule):
                      padding=conv.padding, dilation=conv.dilation, rule=self.rule, chain=relu.nodes)
         # deconvnet: a ReLU (out of place) right below the conv can apply its rule in the
         # same pass (rectify route), its input then gets the signal.
-        below = self._lookup(cin, ("relu",)) if self.rule == "deconvnet" else None
+        below = self._lookup(cin, ("relu",)) if isinstance(self.rule, Deconvnet) else None
         below_input = None
         if below is not None and below.src.out is not below.out and below.src.current(below.src.out):
             below_input, site.below_node = below.src.out, below.nodes[-1]
@@ -329,89 +332,3 @@ class fused_relu_rule(relu_rule):
             site.chain = ()
 
 
-# -- the image-independent top (deconvnet) --------------------------------------------------
-#
-# With the deconvnet rule, the backward signal of class c is the same for every image from
-# the logits down to the first node whose backward looks at the image: a max-pool (its
-# switches). So where every path from the logits to the input passes the output of the
-# topmost fused block through nodes whose backward ignores the image (convolutions and
-# linear layers with frozen weights, deconvnet ReLUs, eval batch norms, average pools,
-# sums, reshapes), that signal is computed once, from a forward pass over one image, and
-# broadcast to the batch: the top layers then cost one image per class instead of N.
-
-# Backward ignores the forward values (given frozen weights; batch norm in eval mode).
-_TOP_NODES = {
-    "ConvolutionBackward0", "AddmmBackward0", "MmBackward0", "TBackward0", "AddBackward0",
-    "SubBackward0", "MeanBackward0", "MeanBackward1", "SumBackward0", "SumBackward1",
-    "AdaptiveAvgPool2DBackward0", "AvgPool2DBackward0", "ViewBackward0", "ReshapeAliasBackward0",
-    "UnsafeViewBackward0", "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward4",
-    "UnsqueezeBackward0", "ExpandBackward0", "PermuteBackward0", "TransposeBackward0",
-    "CloneBackward0", "NativeBatchNormBackward0", "_ReLUBackward", "_ReLUInplaceBackward",
-}
-# Products: image-independent only while the other factor is a constant.
-_PRODUCTS = {"ConvolutionBackward0", "AddmmBackward0", "MmBackward0", "NativeBatchNormBackward0"}
-
-
-def independent_top(output: torch.Tensor, site: _Site) -> bool:
-    """Whether every path from ``output`` back to the input passes ``site``'s pooled
-    output through image-independent nodes only (see above)."""
-    if output.grad_fn is None or site.node is None:
-        return False
-    seen, stack = {output.grad_fn}, [output.grad_fn]
-    while stack:
-        node = stack.pop()
-        name = type(node).__name__
-        if name not in _TOP_NODES:
-            return False
-        nexts = [nxt for nxt, _ in node.next_functions if nxt is not None]
-        if name in _PRODUCTS and len(nexts) > 1:
-            return False
-        for nxt in nexts:
-            if nxt is site.node:
-                continue
-            if nxt not in seen:
-                seen.add(nxt)
-                stack.append(nxt)
-    return True
-
-
-class TopShortcut:
-    """Per-class signals at the conv input of the topmost fused block, from one image.
-
-    ``make`` returns None where the shortcut does not apply (any rule but deconvnet,
-    no fused block on the fast route, a top that looks at the image, a model whose
-    one-image forward pass differs in structure).
-    """
-
-    def __init__(self, site: _Site, probe_logits, probe_pooled, probe_mode, n: int):
-        self.site, self.logits, self.pooled, self._mode, self.n = site, probe_logits, probe_pooled, probe_mode, n
-
-    @staticmethod
-    def make(model, x: torch.Tensor, mode: fused_relu_rule, logits: torch.Tensor):
-        if mode.rule != "deconvnet" or not mode.sites or any(m.training for m in model.modules()):
-            return None
-        site = mode.sites[-1]
-        if not site.fast or not independent_top(logits, site):
-            return None
-        probe = x[:1].detach().clone().requires_grad_(True)
-        with fused_relu_rule("deconvnet") as probe_mode:
-            probe_logits = model(probe)
-        probe_mode.finalize(probe_logits)
-        if (len(probe_mode.sites) != len(mode.sites) or probe_logits.shape[1:] != logits.shape[1:]
-                or probe_mode.sites[-1].output.shape[1:] != site.output.shape[1:]
-                or not independent_top(probe_logits, probe_mode.sites[-1])):
-            probe_mode.release()
-            return None
-        return TopShortcut(site, probe_logits, probe_mode.sites[-1].output, probe_mode, x.shape[0])
-
-    def signal(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tensor, class ``c``'s signal at it for all N images): the topmost fused block's
-        conv input (or the input of the ReLU below it)."""
-        one_hot = torch.zeros_like(self.logits)
-        one_hot[:, c] = 1
-        (g,) = torch.autograd.grad(self.logits, self.pooled, one_hot, retain_graph=True)
-        return self.site.project(g.expand(self.n, *g.shape[1:]))
-
-    def release(self) -> None:
-        self._mode.release()
-        self.logits = self.pooled = None

@@ -70,8 +70,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-RULES = ("gradient", "deconvnet", "guided")
-
+from clear_native import rules
+from clear_native.rules import Rule
 
 class _HeadTag:
     """Marks a ReLU that may lie above the feature layer (set ``plain`` once known)."""
@@ -82,35 +82,26 @@ class _HeadTag:
         self.plain = False
 
 
-def _save_mask(ctx, rule: str, x: torch.Tensor, tag: _HeadTag | None, upper: float | None) -> None:
+def _save_mask(ctx, rule: Rule, x: torch.Tensor, tag: _HeadTag | None, upper: float | None) -> None:
     ctx.rule, ctx.tag, ctx.upper = rule, tag, upper
     ctx.set_materialize_grads(False)
-    # deconvnet ignores the forward activation: nothing to keep (unless the ReLU may
-    # turn out to be part of the head, whose gradient is plain).
-    if rule == "deconvnet" and tag is None:
+    # A rule that ignores the forward activation (deconvnet) keeps nothing (unless the
+    # ReLU may turn out to be part of the head, whose gradient is plain).
+    if not rule.reads_activation and tag is None:
         ctx.save_for_backward(None)
     else:
         ctx.save_for_backward(x > 0 if upper is None else (x > 0) & (x < upper))
 
 
-def _rule(ctx) -> str:
-    return "gradient" if ctx.tag is not None and ctx.tag.plain else ctx.rule
-
-
-def _backward(rule: str, grad: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    # The bool mask selects (as torch's own ReLU backward does): no float copy of it.
-    if rule == "deconvnet":
-        return grad.clamp(min=0)
-    if rule == "guided":
-        return torch.where(mask, grad.clamp(min=0), 0)
-    return torch.where(mask, grad, 0)
+def _rule(ctx) -> Rule:
+    return rules.GRADIENT if ctx.tag is not None and ctx.tag.plain else ctx.rule
 
 
 class _ReLU(torch.autograd.Function):
     """Out-of-place ReLU (clipped at ``upper`` for ReLU6) with a selectable backward rule."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, rule: str, tag: _HeadTag | None = None,
+    def forward(ctx, x: torch.Tensor, rule: Rule, tag: _HeadTag | None = None,
                 upper: float | None = None) -> torch.Tensor:
         _save_mask(ctx, rule, x, tag, upper)
         return x.clamp(min=0, max=upper)
@@ -120,14 +111,14 @@ class _ReLU(torch.autograd.Function):
         if grad is None:  # no signal reached this ReLU (see clear_native._fusion)
             return None, None, None, None
         (mask,) = ctx.saved_tensors
-        return _backward(_rule(ctx), grad, mask), None, None, None
+        return _rule(ctx).relu(grad, mask), None, None, None
 
 
 class _ReLUInplace(torch.autograd.Function):
     """In-place ReLU (``relu_``) with a selectable backward rule."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, rule: str, tag: _HeadTag | None = None,
+    def forward(ctx, x: torch.Tensor, rule: Rule, tag: _HeadTag | None = None,
                 upper: float | None = None) -> torch.Tensor:
         _save_mask(ctx, rule, x, tag, upper)  # a new tensor: unaffected by the in-place write
         x.clamp_(min=0, max=upper)
@@ -139,7 +130,7 @@ class _ReLUInplace(torch.autograd.Function):
         if grad is None:
             return None, None, None, None
         (mask,) = ctx.saved_tensors
-        return _backward(_rule(ctx), grad, mask), None, None, None
+        return _rule(ctx).relu(grad, mask), None, None, None
 
 
 def _slope(fn: Callable, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,19 +147,17 @@ class _SlopeRule(torch.autograd.Function):
     a selectable backward rule (module doc); ``inplace`` writes the result into ``x``."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, rule: str, tag: _HeadTag | None, fn: Callable,
+    def forward(ctx, x: torch.Tensor, rule: Rule, tag: _HeadTag | None, fn: Callable,
                 inplace: bool) -> torch.Tensor:
         ctx.rule, ctx.tag = rule, tag
         ctx.set_materialize_grads(False)
-        if rule == "deconvnet" and tag is None:  # relu(g): no forward value needed
+        if not rule.reads_activation and tag is None:  # no forward value needed
             y = fn(x)
-            ctx.save_for_backward(None, None)
+            ctx.save_for_backward(*rule.slope_state(x, None))
         else:
             y, d = _slope(fn, x)
-            if rule == "guided" and tag is None:  # f'(x) (x > 0), one tensor
-                ctx.save_for_backward(torch.where(x > 0, d, 0), None)
-            else:  # the rule, or the plain gradient once the tag says head
-                ctx.save_for_backward(d, x > 0)
+            # the rule's state, or (f'(x), x > 0) while the tag may still say head
+            ctx.save_for_backward(*(rule.slope_state(x, d) if tag is None else (d, x > 0)))
         if not inplace:
             return y
         x.copy_(y)
@@ -180,16 +169,7 @@ class _SlopeRule(torch.autograd.Function):
         if grad is None:
             return None, None, None, None, None
         d, mask = ctx.saved_tensors
-        rule = _rule(ctx)
-        if rule == "deconvnet":
-            g = grad.clamp(min=0)
-        elif rule == "gradient":
-            g = grad * d
-        elif mask is None:  # guided, d already masked
-            g = grad.clamp(min=0) * d
-        else:
-            g = torch.where(mask, grad.clamp(min=0) * d, 0)
-        return g, None, None, None, None
+        return _rule(ctx).slope(grad, d, mask), None, None, None, None
 
 
 @dataclass(frozen=True)
@@ -303,17 +283,15 @@ def _reduces_space(x, out) -> bool:
 class relu_rule(TorchFunctionMode):
     """Context manager: activations called inside use the backward ``rule`` (module doc).
 
-    ``rule`` is one of ``"gradient"``, ``"deconvnet"``, ``"guided"``. Only the
+    ``rule`` is a registered rule (:mod:`clear_native.rules`) or its name. Only the
     autograd graph built inside the context is affected; nothing is left behind.
     ``watch_features=True`` also records the feature layer (module doc); with
     ``named_layer=True`` only :meth:`mark_feature` (a hook on the named module) sets it.
     """
 
-    def __init__(self, rule: str, *, watch_features: bool = False, named_layer: bool = False):
-        if rule not in RULES:
-            raise ValueError(f"relu_rule: rule must be one of {RULES}, got {rule!r}")
+    def __init__(self, rule: str | Rule, *, watch_features: bool = False, named_layer: bool = False):
+        self.rule = rules.get(rule)
         super().__init__()
-        self.rule = rule
         self.watch = watch_features
         self._auto = watch_features and not named_layer
         self._seq = 0
@@ -382,7 +360,7 @@ class relu_rule(TorchFunctionMode):
             call = act.bind(args, kwargs) if act is not None else None
             if call is not None:
                 self.applied += 1
-                if self.rule == "gradient":  # torch's own backward is the rule
+                if self.rule.plain:  # torch's own backward is the rule
                     return func(*args, **kwargs)
                 return _SlopeRule.apply(x, self.rule, self._tag(), *call)
             if func in WATCHED:

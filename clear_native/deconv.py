@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import torch
 
+from clear_native import rules
 from clear_native._ops import require_device_support
 
-RULES = {"gradient": 0, "deconvnet": 1, "guided": 2}
+
+def kernel_rules() -> dict[str, int]:
+    """The registered rules the native kernel implements: name -> its id there."""
+    return {name: rules.get(name).kernel_id for name in rules.names() if rules.get(name).kernel_id is not None}
 
 
 def _pair(value, name: str) -> list[int]:
@@ -51,8 +55,9 @@ def unpool_deconv(grad: torch.Tensor, indices: torch.Tensor, weight: torch.Tenso
     Returns:
         (N, C_in, H_in, W_in), contiguous.
     """
-    if rule not in RULES:
-        raise ValueError(f"unpool_deconv: rule must be one of {tuple(RULES)}, got {rule!r}")
+    ids = kernel_rules()
+    if rule not in ids:
+        raise ValueError(f"unpool_deconv: rule must be one of {tuple(ids)}, got {rule!r}")
     for name, t in (("grad", grad), ("indices", indices), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"unpool_deconv: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -65,4 +70,4 @@ def unpool_deconv(grad: torch.Tensor, indices: torch.Tensor, weight: torch.Tenso
     size = _pair(input_size, "input_size")
     return torch.ops.clear_native.unpool_deconv(
         grad, indices, pooled, weight, size, _pair(stride, "stride"), _pair(padding, "padding"),
-        _pair(dilation, "dilation"), RULES[rule], bool(rectify_output))
+        _pair(dilation, "dilation"), ids[rule], bool(rectify_output))

@@ -29,9 +29,7 @@ from types import SimpleNamespace
 
 import torch
 
-from clear_native.explain import DEFAULT_SIGNAL, SIGNALS
-
-METHODS = ("deconvnet", "guided", "gradient", "cam")
+from clear_native.explain import DEFAULT_SIGNAL, METHODS, SIGNALS, methods as registered_methods
 #: Methods without a back-projection signal (evaluated once, whatever ``signals`` is).
 SIGNAL_FREE = ("cam",)
 
@@ -101,7 +99,7 @@ def evaluate(dataset: str = "mnist", split: str = "sample", methods=METHODS, lim
     from clear_native.explain import Clear
     from clear_native.models import load_pretrained
 
-    methods = parse_names(methods, METHODS, "method")
+    methods = parse_names(methods, registered_methods(), "method")
     signals = parse_names(signals, SIGNALS, "signal")
     t0 = time.perf_counter()
     model = load_pretrained(dataset, map_location=device)

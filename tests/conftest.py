@@ -15,6 +15,19 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny models run fastest on one thread and do not fight other processes for cores, and
+    in-process batch runs then round as their subprocesses (OMP_NUM_THREADS=1) do: oneDNN's
+    convolutions may round differently with another thread count, and the resume / torchrun
+    tests compare runs byte for byte."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_with_baseline_cpu_build(code: str) -> None:
     """Runs ``code`` in a fresh interpreter with the scalar (non-AVX2) CPU kernels forced.
 

@@ -16,37 +16,12 @@ import torch.nn.functional as F
 import clear_native
 from clear_native import _fusion
 from clear_native._relu_rules import relu_rule
+from models import ACT_NUM_CLASSES as NUM_CLASSES, ActNet, MixedNet
 
-NUM_CLASSES = 4
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 BACKPROP = ["deconvnet", "guided", "gradient"]
 CLIP = 1.0  # upper bound of the clipped forms
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class ActNet(nn.Module):
-    """conv -> act -> max-pool -> conv -> act -> conv -> act -> spatial mean -> linear;
-    ``act`` may be replaced for one forward pass (the slow loops)."""
-
-    def __init__(self, act, c=NUM_CLASSES):
-        super().__init__()
-        self.c1, self.c2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=1)
-        self.c3 = nn.Conv2d(8, 8, 3, padding=1)
-        self.act = act
-        self.fc = nn.Linear(8, c)
-
-    def forward(self, x, act=None):
-        act = self.act if act is None else act
-        y = F.max_pool2d(act(self.c1(3 * x)), 2)  # conv -> act -> max-pool: a fusable block
-        y = act(self.c2(y))
-        y = act(self.c3(y) - 0.2)
-        return self.fc(y.mean((2, 3)))
 
 
 # -- the activations, written out: f(t, model), plain torch, out of place -----------------
@@ -360,22 +335,6 @@ def test_head_activations_take_the_plain_gradient(method):
 
 
 # -- warnings: never a silent fallback ---------------------------------------------------------
-
-class MixedNet(ActNet):
-    """ReLU blocks and a ``mid`` activation no rule covers (or a gate)."""
-
-    def __init__(self, mid, where="features"):
-        super().__init__(nn.ReLU())
-        self.mid, self.where = mid, where
-        self.fc2 = nn.Linear(NUM_CLASSES, NUM_CLASSES)
-
-    def forward(self, x, act=None):
-        y = F.max_pool2d(self.act(3 * self.c1(x)), 2)
-        y = self.act(self.c2(y))
-        y = self.mid(self.c3(y)) if self.where == "features" else self.act(self.c3(y))
-        y = self.fc(y.mean((2, 3)))
-        return self.fc2(self.mid(y)) if self.where == "head" else y
-
 
 UNRULED = [
     ("tanh", torch.tanh), ("tanh", nn.Tanh()), ("tanh", lambda t: t.tanh_()), ("softsign", nn.Softsign()),

@@ -10,255 +10,39 @@ import torch.nn.functional as F
 
 import clear_native
 from clear_native import explain as explain_mod
+from clear_native._cam import Upsampled, cam_source
 from clear_native import reference
 from conftest import DEVICES
+from models import (NUM_CLASSES, ChannelsLastNet, FlattenNet, GapNet, LayerNormHead, MLPNet,
+                    Relu6Net, TanhAfterPool, TinyViT, make)
+from reference_rules import HookedReLU
 
-NUM_CLASSES = 5
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FIELDS = ["dominant_class", "dominant_response", "runner_up_class", "runner_up_response",
           "weakest_class", "weakest_response", "target_response", "rival_class", "rival_response"]
 BACKPROP = ["deconvnet", "guided", "gradient"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-# -- tiny models ---------------------------------------------------------------------------
-
-class GapNet(nn.Module):
-    """conv/ReLU/max-pool, GAP + linear head."""
-
-    def __init__(self, c=NUM_CLASSES):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 8, 3, padding=1), nn.ReLU())
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, c)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
-
-
-class ConvGapNet(nn.Module):
-    """ALL-CNN-like: C-kernel last conv (1x1 or 3x3) + GAP, no linear layer."""
-
-    def __init__(self, c=NUM_CLASSES, k=1):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(8, c, k, padding=k // 2))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-
-    def forward(self, x):
-        return self.pool(self.features(x)).flatten(1)
-
-
-class FlattenNet(nn.Module):
-    """No global pooling: flatten + linear head (cam cannot handle it)."""
-
-    def __init__(self, c=NUM_CLASSES):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.act = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.fc = nn.Linear(4 * 6 * 6, c)
-
-    def forward(self, x):
-        return self.fc(self.pool(self.act(self.conv(x))).flatten(1))
-
-
-class BNNet(GapNet):
-    def __init__(self, c=NUM_CLASSES):
-        super().__init__(c)
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True))
-
-
-class FunctionalNet(nn.Module):
-    """Functional, method and in-place ReLUs; functional GAP is inside forward via a module."""
-
-    def __init__(self, c=NUM_CLASSES):
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
-        self.c2 = nn.Conv2d(6, 6, 3, padding=1)
-        self.c3 = nn.Conv2d(6, 8, 3, padding=1)
-        self.c4 = nn.Conv2d(8, 8, 3, padding=1)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, c)
-
-    def forward(self, x):
-        x = F.relu(self.c1(x))
-        x = F.max_pool2d(F.relu(self.c2(x), inplace=True), 2)
-        x = torch.relu(self.c3(x))
-        x = torch.relu_(self.c4(x).relu() - 0.1)
-        return self.fc(self.pool(x).flatten(1))
-
-
-class SharedReluNet(nn.Module):
-    """One nn.ReLU module used three times."""
-
-    def __init__(self, c=NUM_CLASSES):
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
-        self.c2 = nn.Conv2d(6, 8, 3, padding=1)
-        self.c3 = nn.Conv2d(8, 8, 3, padding=1)
-        self.act = nn.ReLU()
-        self.mp = nn.MaxPool2d(2)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, c)
-
-    def forward(self, x):
-        x = self.mp(self.act(self.c1(x)))
-        x = self.act(self.c3(self.act(self.c2(x))))
-        return self.fc(self.pool(x).flatten(1))
-
-
-class SecondUseNet(nn.Module):
-    """A ReLU output feeds both a max-pool and an average pool (which the fused route
-    must not skip), an overlapping max-pool, and a strided, dilated image conv."""
-
-    def __init__(self, c=NUM_CLASSES):
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 6, 3, stride=2, padding=2, dilation=2)
-        self.c2 = nn.Conv2d(6, 8, 3, padding=1)
-        self.c3 = nn.Conv2d(8, 8, 3, padding=1)
-        self.fc = nn.Linear(8, c)
-
-    def forward(self, x):
-        y = F.relu(self.c1(x))                                  # (N, 6, 6, 6)
-        y = F.max_pool2d(y, 2) + F.avg_pool2d(y, 2)            # second use of the ReLU output
-        y = F.max_pool2d(F.relu(self.c2(y)), 3, 1, 1)          # overlapping windows
-        out, _ = F.max_pool2d(F.relu(self.c3(y)), 2, return_indices=True)
-        return self.fc(out.mean((2, 3)))
-
-
-class BypassNet(nn.Module):
-    """The logits also see a branch that skips the fused block: the top is not the same
-    for every image (no one-image shortcut)."""
-
-    def __init__(self, c=NUM_CLASSES):
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
-        self.c2 = nn.Conv2d(6, 8, 3, padding=1)
-        self.side = nn.Conv2d(3, 4, 3, padding=1)
-        self.fc = nn.Linear(8, c)
-        self.fc_side = nn.Linear(4, c)
-
-    def forward(self, x):
-        y = F.relu(self.c2(F.max_pool2d(F.relu(self.c1(x)), 2)))
-        return self.fc(y.mean((2, 3))) + self.fc_side(F.relu(self.side(x)).mean((2, 3)))
-
-
-class BelowNet(nn.Module):
-    """conv -> ReLU -> conv -> ReLU -> max-pool twice: the first ReLU's rule joins the
-    fused pass (rectify route) only where its output feeds nothing else."""
-
-    def __init__(self, c=NUM_CLASSES, second_use=False):
-        super().__init__()
-        self.second_use = second_use
-        self.c1, self.c2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=1)
-        self.c3, self.c4 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
-        self.fc = nn.Linear(8, c)
-
-    def forward(self, x):
-        y = F.relu(self.c1(x))
-        z = F.max_pool2d(F.relu(self.c2(y)), 2)
-        z = F.max_pool2d(F.relu(self.c4(F.relu(self.c3(z)))), 2)
-        out = z.mean((2, 3))
-        if self.second_use:
-            out = out + y.mean((1, 2, 3)).unsqueeze(1)
-        return self.fc(out)
-
-
-class MLPNet(nn.Module):
-    """conv/ReLU/max-pool features, flatten + MLP head (Linear -> ReLU -> Linear)."""
-
-    def __init__(self, c=NUM_CLASSES):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 8, 3, padding=1), nn.ReLU())
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, c))
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
-MODELS = {
-    "mlp": MLPNet,
-    "below": BelowNet,
-    "below_used_twice": lambda: BelowNet(second_use=True),
-    "bypass": BypassNet,
-    "secondusenet": SecondUseNet,
-    "gap": GapNet, "convgap1x1": ConvGapNet, "convgap3x3": lambda: ConvGapNet(k=3),
-    "flatten": FlattenNet, "bn": BNNet, "functional": FunctionalNet, "shared": SharedReluNet,
-}
 CAM_MODELS = ["gap", "convgap1x1", "convgap3x3", "bn", "functional", "shared"]
-
-
-def make(name, device="cpu", n=2, size=12):
-    torch.manual_seed(0)
-    model = MODELS[name]().to(device).eval()
-    for m in model.modules():  # non-trivial BatchNorm statistics
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-    return model, torch.randn(n, 3, size, size, device=device)
 
 
 # -- independent slow references -----------------------------------------------------------
 
-_ORIG = {"F.relu": F.relu, "torch.relu": torch.relu, "torch.relu_": torch.relu_,
-         "Tensor.relu": torch.Tensor.relu}
-
-
-def _hooked_relu(rule):
-    """An out-of-place ReLU whose backward follows ``rule``, built from tensor hooks."""
-
-    def relu(x, inplace=False):
-        y = _ORIG["torch.relu"](x)
-        if rule == "gradient" or not y.requires_grad:
-            return y
-        if rule == "deconvnet":
-            y = x + (y - x).detach()  # forward relu(x), backward identity ...
-        y.register_hook(lambda g: g.clamp(min=0))  # ... then rectified (guided: and masked)
-        return y
-
-    return relu
-
-
 def slow_maps(model, images, method, reduce="sum"):
-    """One forward and one backward per class; ReLU rules through monkeypatched relus."""
-    relu = _hooked_relu(method)
-    mp = pytest.MonkeyPatch()
-    mp.setattr(F, "relu", relu)
-    mp.setattr(torch, "relu", relu)
-    mp.setattr(torch, "relu_", relu)
-    mp.setattr(torch.Tensor, "relu", relu)
-    try:
-        with torch.enable_grad():
-            out = []
-            c = model(images).shape[1]
-            for k in range(c):
-                x = images.detach().clone().requires_grad_(True)
-                (g,) = torch.autograd.grad(model(x)[:, k].sum(), x)
-                if reduce == "sum":
-                    out.append(g.sum(1))
-                elif reduce == "max_abs":
-                    out.append(g.abs().amax(1))
-                else:
-                    out.append(g.pow(2).sum(1).sqrt())
-    finally:
-        mp.undo()
+    """One forward and one backward per class; ReLU rules from tensor hooks (HookedReLU)."""
+    with HookedReLU(method), torch.enable_grad():
+        out = []
+        c = model(images).shape[1]
+        for k in range(c):
+            x = images.detach().clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(model(x)[:, k].sum(), x)
+            if reduce == "sum":
+                out.append(g.sum(1))
+            elif reduce == "max_abs":
+                out.append(g.abs().amax(1))
+            else:
+                out.append(g.pow(2).sum(1).sqrt())
     return torch.stack(out, 1)
 
 
@@ -277,11 +61,12 @@ SPLITS = {
 }
 
 
-def slow_response_maps(model, images, method, model_name, reduce="sum", rectify=True):
+def slow_response_maps(model, images, method, split, reduce="sum", rectify=True):
     """The response signal, class by class: the head's plain gradient g_c = dy_c/df, the
     class map M_c = sum_k f g_c + (y_c - sum f g_c) / (h w), then g_c * relu(M_c) sent
-    from f down to the input with the rule (monkeypatched relus)."""
-    features, head = SPLITS[model_name]
+    from f down to the input with the rule (HookedReLU). ``split``: a model name of SPLITS,
+    or a (features, head) pair as there."""
+    features, head = SPLITS[split] if isinstance(split, str) else split
     with torch.enable_grad():
         f0 = features(model, images).detach()
         c = model(images).shape[1]
@@ -293,20 +78,13 @@ def slow_response_maps(model, images, method, model_name, reduce="sum", rectify=
             contrib = (f0 * g).sum(1)
             m = contrib + ((y.detach() - contrib.sum((1, 2))) / contrib[0].numel()).view(-1, 1, 1)
             signals.append(g * (m.clamp(min=0) if rectify else m).unsqueeze(1))
-    relu = _hooked_relu(method)
-    mp = pytest.MonkeyPatch()
-    for obj, name in ((F, "relu"), (torch, "relu"), (torch, "relu_"), (torch.Tensor, "relu")):
-        mp.setattr(obj, name, relu)
-    try:
-        out = []
-        with torch.enable_grad():
-            for s in signals:
-                x = images.detach().clone().requires_grad_(True)
-                (g,) = torch.autograd.grad(features(model, x), x, s)
-                out.append(g.sum(1) if reduce == "sum" else g.abs().amax(1) if reduce == "max_abs"
-                           else g.pow(2).sum(1).sqrt())
-    finally:
-        mp.undo()
+    out = []
+    with HookedReLU(method), torch.enable_grad():
+        for s in signals:
+            x = images.detach().clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(features(model, x), x, s)
+            out.append(g.sum(1) if reduce == "sum" else g.abs().amax(1) if reduce == "max_abs"
+                       else g.pow(2).sum(1).sqrt())
     return torch.stack(out, 1)
 
 
@@ -437,10 +215,7 @@ def test_response_reduces_to_the_paper():
 
     model, x = make("convgap1x1", n=2)
     got = clear_native.Clear(model, "deconvnet", channel_reduce="sum")(x, keep_class_maps=True).class_maps
-    relu = _hooked_relu("deconvnet")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(F, "relu", relu)
-        mp.setattr(torch, "relu", relu)
+    with HookedReLU("deconvnet"):
         xr = x.clone().requires_grad_(True)
         z = model.features(xr)  # (N, C, 6, 6): the class maps z_L
         hw = z.shape[2] * z.shape[3]
@@ -477,11 +252,8 @@ def test_response_feature_layer_and_errors():
     torch.testing.assert_close(named.class_maps, auto.class_maps)
     # an earlier layer: its maps follow the formula at that layer (plain gradient above it)
     early = clear_native.Clear(model, "guided", layer="features.2")(x, keep_class_maps=True)
-    split = {"early": (lambda m, t: m.features[:3](t),
-                       lambda m, f: m.fc(torch.flatten(m.pool(m.features[3:](f)), 1)))}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(SPLITS, "early", split["early"])
-        torch.testing.assert_close(early.class_maps, slow_response_maps(model, x, "guided", "early"))
+    split = (lambda m, t: m.features[:3](t), lambda m, f: m.fc(torch.flatten(m.pool(m.features[3:](f)), 1)))
+    torch.testing.assert_close(early.class_maps, slow_response_maps(model, x, "guided", split))
     # two spatial branches into the head: no single feature layer, a clear error (or a
     # warning where the user named the layer)
     bypass, xb = make("bypass")
@@ -520,23 +292,6 @@ def test_response_head_relus_take_the_plain_gradient():
     # the feature-layer ReLU (below f) does take the rule: differs from plain gradients
     grad = clear_native.Clear(model, "gradient")(x, keep_class_maps=True)
     assert not torch.allclose(got.class_maps, grad.class_maps)
-
-
-class Relu6Net(nn.Module):
-    """MobileNet / EfficientNet-Lite style activations: nn.ReLU6, F.relu6, hardtanh(0, t)."""
-
-    def __init__(self, c=NUM_CLASSES):
-        super().__init__()
-        self.c1, self.c2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=1)
-        self.c3 = nn.Conv2d(8, 8, 3, padding=1)
-        self.act = nn.ReLU6(inplace=True)
-        self.fc = nn.Linear(8, c)
-
-    def forward(self, x):
-        y = F.max_pool2d(self.act(3 * self.c1(x)), 2)
-        y = F.hardtanh(3 * self.c2(y), 0.0, 2.0)
-        y = F.relu6(4 * self.c3(y))
-        return self.fc(y.mean((2, 3)))
 
 
 def _relu6_slow_maps(model, x, method):
@@ -636,26 +391,6 @@ def test_chunked_equals_unchunked(method, chunk):
     torch.testing.assert_close(nokeep.dominant_response, whole.dominant_response)
 
 
-def _routes(monkeypatch):
-    """Records the route (fast / plain) of every fused block of the next calls."""
-    from clear_native import _fusion
-
-    class Routes(list):
-        rectified: list
-
-    routes = Routes()
-    routes.rectified = []
-    finalize = _fusion.fused_relu_rule.finalize
-
-    def spy(self, output):
-        finalize(self, output)
-        routes.append([site.fast for site in self.sites])
-        routes.rectified.append([site.rectify for site in self.sites])
-
-    monkeypatch.setattr(_fusion.fused_relu_rule, "finalize", spy)
-    return routes
-
-
 FUSED_ROUTES = {"gap": [True], "convgap1x1": [True], "bn": [True], "functional": [True],
                 "shared": [True], "flatten": [True], "secondusenet": [False, True], "bypass": [True],
                 "below": [True, True], "below_used_twice": [True, True]}
@@ -669,54 +404,73 @@ TOP_SHORTCUT = {"gap": True, "convgap1x1": True, "bn": True, "functional": True,
 
 @pytest.mark.parametrize("model_name", list(FUSED_ROUTES))
 @pytest.mark.parametrize("method", BACKPROP)
-def test_fused_blocks_match_slow_loop_and_plain_autograd(method, model_name, monkeypatch):
+def test_fused_blocks_match_slow_loop_and_plain_autograd(method, model_name):
     """One class per pass (CPU): conv -> [BN] -> ReLU -> max-pool blocks take the fused
     route where only the pool uses the ReLU output, the plain one elsewhere (overlapping
     pools are not fused at all); deconvnet takes the top layers' signal from one image
     where they ignore the image; the maps equal the slow loop and torch's own nodes."""
-    from clear_native import _fusion
-
     model, x = make(model_name, n=3)
-    routes, tops = _routes(monkeypatch), []
-    make_top = _fusion.TopShortcut.make
-    monkeypatch.setattr(_fusion.TopShortcut, "make",
-                        staticmethod(lambda *a: tops.append(make_top(*a)) or tops[-1]))
-    fused = clear_native.Clear(model, method, signal="logit", channel_reduce="sum", class_chunk=1)(x, keep_class_maps=True)
-    shortcut = method == "deconvnet" and TOP_SHORTCUT[model_name]
-    assert [t is not None for t in tops] == [shortcut]
-    # the batch's forward pass, then the one-image pass of the shortcut
-    assert routes == [FUSED_ROUTES[model_name]] * (1 + shortcut)
+    explainer = clear_native.Clear(model, method, signal="logit", channel_reduce="sum", class_chunk=1)
+    fused = explainer(x, keep_class_maps=True)
+    routes = explainer.last_routes
+    assert routes.top_shortcut == (method == "deconvnet" and TOP_SHORTCUT[model_name])
+    assert routes.fast == FUSED_ROUTES[model_name]
     rectified = RECTIFIED.get(model_name, [False] * len(FUSED_ROUTES[model_name]))
-    assert routes.rectified[0] == (rectified if method == "deconvnet" else [False] * len(rectified))
+    assert routes.rectified == (rectified if method == "deconvnet" else [False] * len(rectified))
+    assert routes.passes == [1] * NUM_CLASSES
     torch.testing.assert_close(fused.class_maps, slow_maps(model, x, method))
-    monkeypatch.setattr(explain_mod, "FUSE_BLOCKS", False)
-    plain = clear_native.Clear(model, method, signal="logit", channel_reduce="sum", class_chunk=1)(x, keep_class_maps=True)
-    assert len(routes) == 1 + shortcut  # no fused pass this time
+    unfused = clear_native.Clear(model, method, signal="logit", channel_reduce="sum", class_chunk=1, fuse=False)
+    plain = unfused(x, keep_class_maps=True)
+    assert unfused.last_routes.fast == [] and not unfused.last_routes.top_shortcut  # no fused pass
     torch.testing.assert_close(fused.class_maps, plain.class_maps)
     assert_dominance(fused, fused.class_maps, fused.prediction)
 
 
 @pytest.mark.parametrize("model_name", ["secondusenet", "below", "below_used_twice", "gap", "flatten"])
 @pytest.mark.parametrize("method", BACKPROP)
-def test_fused_blocks_response_signal(method, model_name, monkeypatch):
+def test_fused_blocks_response_signal(method, model_name):
     """Response signal, one class per pass: the routes are chosen from the graph below the
     feature layer (same as from the logits here), no one-image top, same maps as torch's
     own nodes and as the batched pass."""
     model, x = make(model_name, n=3)
-    routes = _routes(monkeypatch)
-    fused = clear_native.Clear(model, method, class_chunk=1)(x, keep_class_maps=True)
+    explainer = clear_native.Clear(model, method, class_chunk=1)
+    fused = explainer(x, keep_class_maps=True)
     # SecondUseNet's last max-pool is its global pooling: its input is the feature layer;
     # BelowNet(second_use=True) pools its first ReLU output last: that is the feature layer,
     # both blocks lie above it (head) and take the plain route
     special = {"secondusenet": [False, False], "below_used_twice": [False, False]}
-    assert routes == [special.get(model_name, FUSED_ROUTES[model_name])]
+    assert explainer.last_routes.fast == special.get(model_name, FUSED_ROUTES[model_name])
+    assert not explainer.last_routes.top_shortcut
     batched = clear_native.Clear(model, method, class_chunk=NUM_CLASSES)(x, keep_class_maps=True)
     torch.testing.assert_close(fused.class_maps, batched.class_maps)
-    monkeypatch.setattr(explain_mod, "FUSE_BLOCKS", False)
-    plain = clear_native.Clear(model, method, class_chunk=1)(x, keep_class_maps=True)
-    assert len(routes) == 1
+    unfused = clear_native.Clear(model, method, class_chunk=1, fuse=False)
+    plain = unfused(x, keep_class_maps=True)
+    assert unfused.last_routes.fast == []
     torch.testing.assert_close(fused.class_maps, plain.class_maps)
     assert_dominance(fused, fused.class_maps, fused.prediction)
+
+
+def test_fused_state_is_released_on_errors():
+    """An exception between the forward pass and the last backward pass still releases the
+    fused sites' tensors (the Backprojector's with block)."""
+    import weakref
+
+    from clear_native._backproject import Backprojector
+
+    model, x = make("below", n=3)
+    model.requires_grad_(False)  # as Clear does: the fused blocks need frozen weights
+    x = x.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="stop"):
+        with Backprojector("deconvnet", fuse=True) as bp, bp.mode:
+            logits = model(x)
+            bp.choose_routes(logits)
+            bp.use_top_shortcut(model, x, logits)
+            assert bp.any_fused and bp.top is not None
+            kept = weakref.ref(bp.mode.sites[0].indices)
+            raise RuntimeError("stop")
+    assert bp.top is None and all(s.indices is None and s.conv_input is None for s in bp.mode.sites)
+    del logits
+    assert kept() is None
 
 
 def test_fused_blocks_float64_and_model_unchanged():
@@ -734,15 +488,14 @@ def test_fused_blocks_float64_and_model_unchanged():
 
 @pytest.mark.parametrize("method", ["deconvnet", "guided"])
 @pytest.mark.parametrize("kwargs", [{}, {"classes": [4, 0, 2]}, {"target": "given"}], ids=str)
-def test_cpu_image_chunks_equal_one_batch(method, kwargs, monkeypatch):
+def test_cpu_image_chunks_equal_one_batch(method, kwargs):
     """On CPU the back-projection runs CPU_IMAGE_CHUNK images at a time: same result."""
     model, x = make("gap", n=2 * explain_mod.CPU_IMAGE_CHUNK + 5)
     kwargs = dict(kwargs)
     if kwargs.get("target") == "given":
         kwargs["target"] = torch.arange(x.shape[0]) % NUM_CLASSES
     chunked = clear_native.Clear(model, method)(x, keep_class_maps=True, **kwargs)
-    monkeypatch.setattr(explain_mod, "CPU_IMAGE_CHUNK", 10 ** 6)
-    whole = clear_native.Clear(model, method)(x, keep_class_maps=True, **kwargs)
+    whole = clear_native.Clear(model, method, image_chunk=10 ** 6)(x, keep_class_maps=True, **kwargs)
     for f in fields(whole):
         a, b = getattr(chunked, f.name), getattr(whole, f.name)
         if isinstance(b, torch.Tensor):
@@ -958,24 +711,6 @@ def test_no_memory_growth():
 
 # -- cam for any head (issue 13) -------------------------------------------------------------
 
-class TanhAfterPool(GapNet):
-    """A nonlinear function between the global pooling and the linear layer."""
-
-    def forward(self, x):
-        return self.fc(torch.tanh(self.pool(self.features(x)).flatten(1)))
-
-
-class LayerNormHead(GapNet):
-    """ConvNeXt-style head: functional GAP, LayerNorm, linear."""
-
-    def __init__(self, c=NUM_CLASSES):
-        super().__init__(c)
-        self.norm = nn.LayerNorm(8)
-
-    def forward(self, x):
-        return self.fc(self.norm(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)))
-
-
 CAM_HEADS = {
     "tanh": (TanhAfterPool, SPLITS["gap"][0], lambda m, f: m.fc(torch.tanh(m.pool(f).flatten(1)))),
     "layernorm": (LayerNormHead, SPLITS["gap"][0],
@@ -1014,7 +749,7 @@ def test_cam_any_head(head, device):
 
 
 @pytest.mark.parametrize("model_name", ["gap", "convgap1x1", "convgap3x3", "bn", "functional", "flatten"])
-def test_cam_paths_agree(model_name, monkeypatch):
+def test_cam_paths_agree(model_name):
     """The exact paths (linear head: W[c] . f + b[c], fused; C-kernel conv: its class maps)
     and the contribution path give the same maps: the contribution is scaled by h w so that
     its spatial mean is the logit, as W . f + b."""
@@ -1025,29 +760,23 @@ def test_cam_paths_agree(model_name, monkeypatch):
               "convgap1x1": "1x1 class convolution (fused)", "convgap3x3": "class maps of the last convolution",
               "flatten": "head contribution"}
     assert explainer.last_source.startswith(routes[model_name]), explainer.last_source
-    monkeypatch.setattr(explain_mod, "_exact_cam", lambda *a: None)
-    general = explainer(x, keep_class_maps=True)
-    assert explainer.last_source.startswith("head contribution")
-    torch.testing.assert_close(general.class_maps, exact.class_maps)
+    # the same model's contribution source (what any other head gets), class by class
+    _, general, how = cam_source(model, x, explainer._site, repr(explainer), exact=False)
+    assert how.startswith("head contribution")
+    ids = torch.arange(NUM_CLASSES).expand(x.shape[0], -1)
+    up = Upsampled(general, x.shape[-2:], "bilinear").maps(ids, True)
+    torch.testing.assert_close(up, exact.class_maps)
     if model_name != "flatten":
         torch.testing.assert_close(exact.class_maps, cam_maps(model, x))
 
 
-def test_cam_contribution_is_one_batched_backward_per_chunk(monkeypatch):
+def test_cam_contribution_is_one_batched_backward_per_chunk():
     model, x = make("mlp", n=2)
-    calls = []
-    grad = torch.autograd.grad
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("is_grads_batched", False))
-        return grad(*args, **kwargs)
-
-    monkeypatch.setattr(torch.autograd, "grad", counting)
-    clear_native.Clear(model, "cam")(x)
-    assert calls == [True]  # 5 classes, one pass
-    calls.clear()
-    clear_native.Clear(model, "cam", class_chunk=2)(x)
-    assert calls == [True, True, False]  # chunks of 2, 2, 1
+    explainer = clear_native.Clear(model, "cam")
+    explainer(x)
+    assert explainer.last_routes.passes == [NUM_CLASSES]  # 5 classes, one pass
+    explainer(x, class_chunk=2)
+    assert explainer.last_routes.passes == [2, 2, 1]
 
 
 def test_cam_model_unchanged_and_errors():
@@ -1075,74 +804,6 @@ def test_cam_model_unchanged_and_errors():
 
 # -- token models (issue 13) ---------------------------------------------------------------
 
-class _Block(nn.Module):
-    """Pre-norm transformer block: attention, then an MLP with a ReLU."""
-
-    def __init__(self, dim):
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Linear(2 * dim, dim))
-
-    def forward(self, t):
-        y = self.norm1(t)
-        t = t + self.attn(y, y, y, need_weights=False)[0]
-        return t + self.mlp(self.norm2(t))
-
-
-class TinyViT(nn.Module):
-    """A token model with a conv patch embedding (patch 4: a 3x3 grid at 12x12), ``prefix``
-    prefix tokens, two blocks and a class-token (or mean-of-patches) head, saying its grid as
-    timm does (``style="timm"``), as torchvision does (``"torchvision"``) or not at all."""
-
-    def __init__(self, c=NUM_CLASSES, dim=8, prefix=1, style="timm", pool="token"):
-        super().__init__()
-        self.dim, self.prefix, self.pool, self.style = dim, prefix, pool, style
-        self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(3, dim, 4, 4)
-        self.tokens = nn.Parameter(torch.randn(1, prefix, dim))
-        self.pos = nn.Parameter(0.1 * torch.randn(1, prefix + 9, dim))
-        blocks = nn.Sequential(_Block(dim), _Block(dim))
-        if style == "torchvision":
-            self.image_size, self.patch_size = 12, 4
-            self.class_token = self.tokens
-            self.encoder = nn.Module()
-            self.encoder.layers = blocks
-        else:
-            self.blocks = blocks
-            if style == "timm":
-                self.patch_embed.grid_size = (3, 3)
-                self.num_prefix_tokens = prefix
-        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, c)
-
-    def layers(self):
-        return self.encoder.layers if self.style == "torchvision" else self.blocks
-
-    def embed(self, x):
-        t = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
-        return torch.cat([self.tokens.expand(x.shape[0], -1, -1), t], 1) + self.pos
-
-    def head_of(self, t):
-        t = self.norm(t)
-        return self.head(t[:, 0] if self.pool == "token" else t[:, self.prefix:].mean(1))
-
-    def forward(self, x):
-        return self.head_of(self.layers()(self.embed(x)))
-
-
-class ChannelsLastNet(GapNet):
-    """timm Swin-style: channels-last (N, h, w, D) maps, LayerNorm, mean over (1, 2), linear."""
-
-    output_fmt = "NHWC"
-
-    def __init__(self, c=NUM_CLASSES):
-        super().__init__(c)
-        self.norm = nn.LayerNorm(8)
-
-    def forward(self, x):
-        return self.fc(self.norm(self.features(x).permute(0, 2, 3, 1)).mean((1, 2)))
-
-
 def _token_split(model):
     """(features, head, to_grid, from_grid) of a TinyViT, written out: f = the last block's input."""
     p = model.prefix
@@ -1161,7 +822,7 @@ def _token_split(model):
 def slow_grid_response_maps(model, images, method, split, to_grid, from_grid, reduce="sum"):
     """The response signal class by class where f is not itself a map: M_c on the grid of f,
     the signal g_c * relu(M_c) put back into f's layout (zero at the prefix tokens), then
-    down from f with the rule (monkeypatched relus)."""
+    down from f with the rule (HookedReLU)."""
     features, head = split
     with torch.enable_grad():
         f0 = features(model, images).detach()
@@ -1174,11 +835,8 @@ def slow_grid_response_maps(model, images, method, split, to_grid, from_grid, re
             contrib = (to_grid(f0) * gg).sum(1)
             m = contrib + ((y.detach() - contrib.sum((1, 2))) / contrib[0].numel()).view(-1, 1, 1)
             signals.append(from_grid(gg * m.clamp(min=0).unsqueeze(1), f0))
-    relu = _hooked_relu(method)
     out = []
-    with pytest.MonkeyPatch.context() as mp, torch.enable_grad():
-        for obj, name in ((F, "relu"), (torch, "relu"), (torch, "relu_"), (torch.Tensor, "relu")):
-            mp.setattr(obj, name, relu)
+    with HookedReLU(method), torch.enable_grad():
         for s in signals:
             x = images.detach().clone().requires_grad_(True)
             (g,) = torch.autograd.grad(features(model, x), x, s)
