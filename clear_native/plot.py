@@ -164,20 +164,8 @@ def figure(maps, images: torch.Tensor | None = None, *, labels=None, predictions
                                                     "figure")
     n = classes_all.shape[0]
     rows = list(indices) if indices is not None else list(range(min(n, max_rows)))
-    has_focus = getattr(maps, "target_response", None) is not None and \
-        getattr(maps, "rival_response", None) is not None
-
-    kw = dict(normalize=normalize, percentile=percentile)
-    clear = render(maps, palette=pal, **kw).cpu()
-    cols = [("input", None)] if images is not None else []
-    if has_focus:
-        cols += [("positive focus", render_focus(maps, "positive", cmap=cmap, **kw).cpu()),
-                 ("negative focus", render_focus(maps, "negative", cmap=cmap, **kw).cpu())]
-    cols += [("CLEAR map", clear)]
-    if images is not None:
-        cols += [("CLEAR overlay", render(maps, images, palette=pal, overlay=overlay, **kw).cpu())]
-    if has_focus:
-        cols += [("for (red) / against (blue)", render_binary(maps, **kw).cpu())]
+    cols = _figure_columns(maps, images, pal, cmap=cmap, overlay=overlay,
+                           normalize=normalize, percentile=percentile)
     ncols = len(cols) + 1  # + the share bars
 
     classes_cpu = classes_all.detach().cpu()
@@ -195,44 +183,80 @@ def figure(maps, images: torch.Tensor | None = None, *, labels=None, predictions
                           left=0.03, right=0.98, top=1 - 0.3 / height, bottom=0.85 / height,
                           hspace=0.35, wspace=0.15)
     for r, i in enumerate(rows):
-        truth, pred = labels[i], predictions[i]
-        title = []
-        if truth is not None:
-            title.append(f"true: {class_name(truth, class_names, short=2 * wrap)}")
-        if pred is not None:
-            title.append(f"pred: {class_name(pred, class_names, short=2 * wrap)}")
-        colour = "black" if truth is None or pred is None else ("green" if truth == pred else "red")
+        title, colour = _row_title(labels[i], predictions[i], class_names, wrap)
         for k, (name, pics) in enumerate(cols):
             ax = fig.add_subplot(gs[r, k])
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if pics is None:
-                im = _image_hwc(images, i)
-                ax.imshow(im, cmap="gray" if im.ndim == 2 else None, vmin=0, vmax=1)
-            else:
-                ax.imshow(pics[i].numpy(), interpolation="nearest")
+            _draw_panel(ax, images, pics, i)
             if r == 0:
                 ax.set_title(name, fontsize=8)
             if k == 0:
                 ax.set_ylabel("\n".join(title) or f"#{i}", fontsize=7, color=colour)
-        ax = fig.add_subplot(gs[r, ncols - 1])
-        top = sorted(range(pal.shape[0]), key=lambda c: -float(shares[i, c]))[:4]
-        top = [c for c in top if shares[i, c] > 0]
-        values = [100 * float(shares[i, c]) for c in top]
-        ax.barh(range(len(top)), values, color=[(pal[c].float() / 255).tolist() for c in top])
-        for y, (c, val) in enumerate(zip(top, values)):
-            ax.text(2, y, f"{class_name(c, class_names, short=wrap)} {val:.0f}%", va="center",
-                    fontsize=6)
-        ax.set_yticks([])
-        ax.set_ylim(3.6, -0.6)
-        ax.set_xlim(0, 100)
-        ax.tick_params(axis="x", labelsize=6)
-        if r == 0:
-            ax.set_title("% of image dominated", fontsize=8)
+        _draw_share_bars(fig.add_subplot(gs[r, ncols - 1]), shares[i], pal, class_names, wrap, first=r == 0)
     _draw_legend(fig.add_subplot(gs[len(rows), :]), pal, legend_classes, other, class_names,
                  mean_share, wrap)
     _save(fig, path, formats, dpi)
     return fig
+
+
+def _figure_columns(maps, images, pal, *, cmap, overlay, normalize, percentile) -> list:
+    """The picture columns of :func:`figure`, [(title, (N, H, W, 3) CPU pictures)]: the
+    input (None: drawn from ``images``), the focus maps, the CLEAR map, the overlay and
+    the binary map, each where the maps / inputs allow it."""
+    has_focus = getattr(maps, "target_response", None) is not None and \
+        getattr(maps, "rival_response", None) is not None
+    kw = dict(normalize=normalize, percentile=percentile)
+    clear = render(maps, palette=pal, **kw).cpu()
+    cols = [("input", None)] if images is not None else []
+    if has_focus:
+        cols += [("positive focus", render_focus(maps, "positive", cmap=cmap, **kw).cpu()),
+                 ("negative focus", render_focus(maps, "negative", cmap=cmap, **kw).cpu())]
+    cols += [("CLEAR map", clear)]
+    if images is not None:
+        cols += [("CLEAR overlay", render(maps, images, palette=pal, overlay=overlay, **kw).cpu())]
+    if has_focus:
+        cols += [("for (red) / against (blue)", render_binary(maps, **kw).cpu())]
+    return cols
+
+
+def _row_title(truth, pred, class_names, wrap: int) -> tuple[list[str], str]:
+    """A row's label lines ("true: ...", "pred: ...") and their colour: green when the
+    prediction is right, red when wrong, black when either is unknown."""
+    title = []
+    if truth is not None:
+        title.append(f"true: {class_name(truth, class_names, short=2 * wrap)}")
+    if pred is not None:
+        title.append(f"pred: {class_name(pred, class_names, short=2 * wrap)}")
+    colour = "black" if truth is None or pred is None else ("green" if truth == pred else "red")
+    return title, colour
+
+
+def _draw_panel(ax, images, pics, i: int) -> None:
+    """Image ``i`` of one column: the input (``pics`` None) or its rendered picture."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if pics is None:
+        im = _image_hwc(images, i)
+        ax.imshow(im, cmap="gray" if im.ndim == 2 else None, vmin=0, vmax=1)
+    else:
+        ax.imshow(pics[i].numpy(), interpolation="nearest")
+
+
+def _draw_share_bars(ax, shares: torch.Tensor, pal, class_names, wrap: int, *, first: bool) -> None:
+    """The last column of a row: bars of the (at most 4) classes that dominate most of the
+    image's coloured pixels, in their colours."""
+    top = sorted(range(pal.shape[0]), key=lambda c: -float(shares[c]))[:4]
+    top = [c for c in top if shares[c] > 0]
+    values = [100 * float(shares[c]) for c in top]
+    ax.barh(range(len(top)), values, color=[(pal[c].float() / 255).tolist() for c in top])
+    for y, (c, val) in enumerate(zip(top, values)):
+        ax.text(2, y, f"{class_name(c, class_names, short=wrap)} {val:.0f}%", va="center",
+                fontsize=6)
+    ax.set_yticks([])
+    ax.set_ylim(3.6, -0.6)
+    ax.set_xlim(0, 100)
+    ax.tick_params(axis="x", labelsize=6)
+    if first:
+        ax.set_title("% of image dominated", fontsize=8)
 
 
 def grid(maps, images: torch.Tensor | None = None, *, labels=None, predictions=None,

@@ -34,7 +34,7 @@ def project_dominance(features: torch.Tensor, weight: torch.Tensor, bias: torch.
     these are CLEAR's per-class maps. This computes their :class:`Dominance` without
     building the (N, C, H, W) tensor: the low-resolution maps come from one matmul,
     then a fused upsample + argmax evaluates, inside each low-resolution cell, only
-    the classes that can win there (exact; see ``csrc/project_element.h``).
+    the classes that can win there (exact; see ``csrc/upsample_dominance_element.h``).
 
     Args:
         features: (N, K, h, w) feature maps (float32/64, float16/bfloat16 computed
@@ -52,6 +52,43 @@ def project_dominance(features: torch.Tensor, weight: torch.Tensor, bias: torch.
         :class:`Dominance` with (N, H, W) fields; responses in ``features.dtype``.
         Memory O(N*C*h*w + N*H*W).
     """
+    n, k, h, w, c = _check_inputs(features, weight, bias, mode)
+    out_h, out_w = _size_pair(size)
+    require_device_support(features, "project_dominance")
+    if class_chunk is None:
+        class_chunk = max(c, 1)
+    if not isinstance(class_chunk, int) or class_chunk <= 0:
+        raise ValueError(f"project_dominance: class_chunk must be a positive int, got {class_chunk!r}")
+    if n and (h == 0 or w == 0):
+        raise ValueError(f"project_dominance: features must have a non-empty spatial size, got {tuple(features.shape)}")
+    acc = torch.float64 if features.dtype == torch.float64 else torch.float32
+    if target is not None:
+        target = _check_target(target, features, c)
+
+    # Large heads: one (c', K) x (K, N*h*w) GEMM (near peak) instead of N broadcast ones.
+    one_gemm = n > 1 and c * k >= 65536
+    if one_gemm:
+        flat = features.to(acc).transpose(0, 1).reshape(k, n * h * w)  # (K, N*h*w)
+    else:
+        flat = features.to(acc).flatten(2)                              # (N, K, h*w)
+    values = indices = None
+    for start in range(0, max(c, 1), class_chunk):
+        stop = min(start + class_chunk, c)
+        maps = _class_maps(flat, weight, bias, start, stop, acc, one_gemm, (n, h, w))
+        values, indices = torch.ops.clear_native.upsample_dominance(
+            maps, [out_h, out_w], mode, align_corners, target, values, indices, start, True,
+            runner_up, weakest)
+    result = _from_planes(values, indices, features.dtype, target, c)
+    # A state for clear_native.dominance over further classes [c, ...): it holds [0, c).
+    result.class_end = c
+    result.state_record = StreamRecord(((0, c),) if c else (), None, bool(runner_up), bool(weakest))
+    return result
+
+
+def _check_inputs(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  mode: str) -> tuple[int, int, int, int, int]:
+    """Checks the tensors (types, shapes, devices) and the mode of
+    :func:`project_dominance`; returns ``(N, K, h, w, C)``."""
     for name, t in (("features", features), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"project_dominance: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -76,44 +113,25 @@ def project_dominance(features: torch.Tensor, weight: torch.Tensor, bias: torch.
             raise ValueError(f"project_dominance: {name} is on {t.device} but features are on {features.device}")
     if mode not in _MODES:
         raise ValueError(f"project_dominance: mode must be one of {_MODES}, got {mode!r}")
-    out_h, out_w = _size_pair(size)
-    require_device_support(features, "project_dominance")
-    if class_chunk is None:
-        class_chunk = max(c, 1)
-    if not isinstance(class_chunk, int) or class_chunk <= 0:
-        raise ValueError(f"project_dominance: class_chunk must be a positive int, got {class_chunk!r}")
-    if n and (h == 0 or w == 0):
-        raise ValueError(f"project_dominance: features must have a non-empty spatial size, got {tuple(features.shape)}")
-    acc = torch.float64 if features.dtype == torch.float64 else torch.float32
-    if target is not None:
-        target = _check_target(target, features, c)
+    return n, k, h, w, c
 
-    # Large heads: one (c', K) x (K, N*h*w) GEMM (near peak) instead of N broadcast ones.
-    one_gemm = n > 1 and c * k >= 65536
+
+def _class_maps(flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, start: int, stop: int,
+                acc: torch.dtype, one_gemm: bool, nhw: tuple[int, int, int]) -> torch.Tensor:
+    """The low-resolution maps ``W . F + b`` of classes ``[start, stop)``, (N, c', h, w).
+
+    ``one_gemm``: ``flat`` is (K, N*h*w) and one GEMM serves every image; the maps are a
+    class-major view (strides of the (c', N*h*w) product). Otherwise ``flat`` is
+    (N, K, h*w) and the product is batched over the images."""
+    n, h, w = nhw
+    w_chunk = weight[start:stop].to(acc)
     if one_gemm:
-        flat = features.to(acc).transpose(0, 1).reshape(k, n * h * w)  # (K, N*h*w)
-    else:
-        flat = features.to(acc).flatten(2)                              # (N, K, h*w)
-    values = indices = None
-    for start in range(0, max(c, 1), class_chunk):
-        stop = min(start + class_chunk, c)
-        w_chunk = weight[start:stop].to(acc)
-        if one_gemm:
-            # The bias inside the GEMM (addmm); the (N, c', h, w) maps stay a view of its
-            # (c', N*h*w) result, which the CPU kernel reads in place.
-            maps = (w_chunk @ flat if bias is None else
-                    torch.addmm(bias[start:stop].to(acc).unsqueeze(1), w_chunk, flat))
-            maps = maps.view(stop - start, n, h, w).transpose(0, 1)
-        else:
-            maps = torch.matmul(w_chunk, flat)  # (N, c', h*w)
-            if bias is not None:
-                maps = maps + bias[start:stop].to(acc).unsqueeze(-1)
-            maps = maps.view(n, stop - start, h, w)
-        values, indices = torch.ops.clear_native.upsample_dominance(
-            maps, [out_h, out_w], mode, align_corners, target, values, indices, start, True,
-            runner_up, weakest)
-    result = _from_planes(values, indices, features.dtype, target, c)
-    # A state for clear_native.dominance over further classes [c, ...): it holds [0, c).
-    result.class_end = c
-    result.state_record = StreamRecord(((0, c),) if c else (), None, bool(runner_up), bool(weakest))
-    return result
+        # The bias inside the GEMM (addmm); the (N, c', h, w) maps stay a view of its
+        # (c', N*h*w) result, which the CPU kernel reads in place.
+        maps = (w_chunk @ flat if bias is None else
+                torch.addmm(bias[start:stop].to(acc).unsqueeze(1), w_chunk, flat))
+        return maps.view(stop - start, n, h, w).transpose(0, 1)
+    maps = torch.matmul(w_chunk, flat)  # (N, c', h*w)
+    if bias is not None:
+        maps = maps + bias[start:stop].to(acc).unsqueeze(-1)
+    return maps.view(n, stop - start, h, w)

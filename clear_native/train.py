@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from clear_native.data import ImageSet, load_dataset, to_tensor
-from clear_native.models import MODELS, AllCNN, _spec, build_model, fold_batchnorm, sha256_file
+from clear_native.models import MODELS, AllCNN, ModelSpec, _spec, build_model, fold_batchnorm, sha256_file
 
 __all__ = ["TrainResult", "train_model", "evaluate", "save_result", "run_training"]
 
@@ -102,14 +102,7 @@ def train_model(
             the convolutions (:func:`~clear_native.models.fold_batchnorm`); the returned
             model is always the plain conv / ReLU / max-pool network.
     """
-    if epochs < 1 or batch_size < 1 or len(train) == 0:
-        raise ValueError(
-            f"need epochs >= 1, batch_size >= 1 and a non-empty training set, got "
-            f"epochs={epochs}, batch_size={batch_size}, {len(train)} images")
-    spec = _spec(name)
-    if int(train.labels.max()) >= spec.num_classes or int(train.labels.min()) < 0:
-        raise ValueError(f"labels must lie in [0, {spec.num_classes}), got "
-                         f"[{train.labels.min()}, {train.labels.max()}]")
+    spec = _check_training(name, train, epochs, batch_size)
     x_all, y_all = to_tensor(train.images), torch.from_numpy(train.labels)
     n = len(train)
     steps_per_epoch = (n + batch_size - 1) // batch_size
@@ -127,20 +120,9 @@ def train_model(
         for epoch in range(1, epochs + 1):
             t0 = time.perf_counter()
             perm = torch.randperm(n, generator=gen)
-            loss_sum, correct = 0.0, 0
             bar = tqdm(range(steps_per_epoch), desc=f"{spec.name} epoch {epoch}/{epochs}",
                        disable=not progress, mininterval=10.0)
-            for step in bar:
-                idx = perm[step * batch_size:(step + 1) * batch_size]
-                x, y = x_all[idx], y_all[idx]
-                logits = model(x)
-                loss = nn.functional.cross_entropy(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum += loss.item() * len(idx)
-                correct += int((logits.argmax(1) == y).sum())
+            loss_sum, correct = _train_epoch(model, opt, sched, x_all, y_all, perm, batch_size, bar)
             entry = {
                 "epoch": epoch,
                 "loss": loss_sum / n,
@@ -154,7 +136,53 @@ def train_model(
     model.eval()
     train_seconds = time.perf_counter() - t_start
     model = fold_batchnorm(model)
-    info: dict[str, Any] = {
+    info = _training_log(spec, model, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
+                         threads=used_threads, batch_norm=batch_norm, train_size=n,
+                         test_size=len(test) if test is not None else 0, epochs_log=epochs_log,
+                         train_seconds=train_seconds)
+    return TrainResult(model, info)
+
+
+def _check_training(name: str, train: ImageSet, epochs: int, batch_size: int) -> ModelSpec:
+    """The built-in model's spec for ``name``, after checking the schedule and that the
+    training labels are classes of that model (ValueError otherwise)."""
+    if epochs < 1 or batch_size < 1 or len(train) == 0:
+        raise ValueError(
+            f"need epochs >= 1, batch_size >= 1 and a non-empty training set, got "
+            f"epochs={epochs}, batch_size={batch_size}, {len(train)} images")
+    spec = _spec(name)
+    if int(train.labels.max()) >= spec.num_classes or int(train.labels.min()) < 0:
+        raise ValueError(f"labels must lie in [0, {spec.num_classes}), got "
+                         f"[{train.labels.min()}, {train.labels.max()}]")
+    return spec
+
+
+def _train_epoch(model: nn.Module, opt, sched, x_all: torch.Tensor, y_all: torch.Tensor,
+                 perm: torch.Tensor, batch_size: int, steps: Iterable[int]) -> tuple[float, int]:
+    """One epoch: a step of ``opt`` and ``sched`` per mini-batch of ``perm`` (``steps``
+    iterates the step numbers, a progress bar); returns (summed loss, correct predictions)
+    over the epoch's images."""
+    loss_sum, correct = 0.0, 0
+    for step in steps:
+        idx = perm[step * batch_size:(step + 1) * batch_size]
+        x, y = x_all[idx], y_all[idx]
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_sum += loss.item() * len(idx)
+        correct += int((logits.argmax(1) == y).sum())
+    return loss_sum, correct
+
+
+def _training_log(spec: ModelSpec, model: nn.Module, *, seed: int, epochs: int, batch_size: int, lr: float,
+                  threads: int, batch_norm: bool, train_size: int, test_size: int,
+                  epochs_log: list[dict[str, float]], train_seconds: float) -> dict[str, Any]:
+    """The training log written next to the weights: the recipe, the per-epoch log and
+    the software / machine it ran on."""
+    return {
         "model": spec.name,
         "dataset": spec.dataset,
         "architecture": "AllCNN",
@@ -164,13 +192,13 @@ def train_model(
         "batch_size": batch_size,
         "optimizer": "Adam + OneCycleLR",
         "lr": lr,
-        "threads": used_threads,
+        "threads": threads,
         "deterministic_algorithms": True,
         "batch_norm": "trained with BatchNorm2d, folded into the convolutions" if batch_norm
                       else "none",
         "preprocessing": "float32(uint8) / 255, no normalisation",
-        "train_size": n,
-        "test_size": len(test) if test is not None else 0,
+        "train_size": train_size,
+        "test_size": test_size,
         "epochs_log": epochs_log,
         "test_accuracy": epochs_log[-1].get("test_accuracy"),
         "train_seconds": train_seconds,
@@ -180,7 +208,6 @@ def train_model(
         "machine": platform.machine(),
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    return TrainResult(model, info)
 
 
 def save_result(result: TrainResult, out: str | Path) -> dict[str, Path]:

@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 import clear_native
 from clear_native import cli
+from models import tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 zarr = pytest.importorskip("zarr")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -24,19 +26,7 @@ Image = pytest.importorskip("PIL.Image")
 
 HERE = Path(__file__).resolve().parent
 N_IMAGES, SIZE, BATCH = 192, 16, 24  # 8 chunks
-MODEL = "test_batch:tiny_model"
-
-
-def tiny_model() -> nn.Module:
-    """ALL-CNN-like: conv/ReLU/max-pool, C-kernel last conv, global average pooling."""
-    g = torch.Generator().manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                      nn.Conv2d(6, 10, 3, padding=1), nn.ReLU(), nn.Conv2d(10, 10, 1),
-                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return m.eval()
+MODEL = "models:tiny_model"
 
 
 def _images(n=N_IMAGES, seed=0):
@@ -98,17 +88,6 @@ def _env():
 @pytest.fixture(autouse=True)
 def _importable(monkeypatch):
     monkeypatch.syspath_prepend(str(HERE))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """In-process runs use one thread, as the subprocesses do (OMP_NUM_THREADS=1 in _env):
-    oneDNN's convolutions may round differently with another thread count, and the
-    resume / torchrun tests compare runs byte for byte."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -326,36 +305,33 @@ def test_out_holding_a_different_run_is_refused(tmp_path, capsys):
     assert (other / "notes.txt").exists()
 
 
-def test_png_needs_a_renderer(npz, tmp_path, capsys):
-    import importlib.util
-
-    if importlib.util.find_spec("clear_native.render") is not None:
-        pytest.skip("this build has a renderer")
-    assert explain("--model", MODEL, "--data", npz, "--out", tmp_path / "o", "--store", "dominant,png") == 2
-    assert "--store png needs clear_native.render" in capsys.readouterr().err
-
-
-def test_png_with_a_renderer(monkeypatch, tmp_path):
-    import importlib.machinery
-    import types
+def test_png_with_a_renderer(tmp_path):
+    from clear_native.batch import BatchOptions, run
 
     def render(maps, num_classes=None):  # stands in for clear_native.render.render
         rgb = (maps.dominant_class.clamp(min=0) * 25).to(torch.uint8)
         return torch.stack([rgb, rgb, rgb], -1)
 
-    fake = types.ModuleType("clear_native.render")
-    fake.__spec__ = importlib.machinery.ModuleSpec("clear_native.render", None)
-    fake.render = render
-    monkeypatch.setitem(sys.modules, "clear_native.render", fake)
     data = tmp_path / "d.npz"
     np.savez(data, images=_images(20)[0])
     out = tmp_path / "out"
-    assert explain("--model", MODEL, "--data", data, "--out", out, "--method", "cam",
-                   "--store", "dominant,png") == 0
+    o = BatchOptions(out=str(out), model=MODEL, data=str(data), method="cam", store=("dominant", "png"),
+                     progress=False)
+    assert run(o, renderer=render).exit_code == 0
     pngs = sorted((out / "png").glob("*.png"))
     assert [p.name for p in pngs] == [f"{i:07d}.png" for i in range(20)]
     dc = _arrays(out)["dominant_class"]
     np.testing.assert_array_equal(np.asarray(Image.open(pngs[3]))[..., 0], dc[3].clip(0).astype(np.uint8) * 25)
+
+
+def test_png_with_the_built_in_renderer(tmp_path):
+    data = tmp_path / "d.npz"
+    np.savez(data, images=_images(12)[0])
+    out = tmp_path / "out"
+    assert explain("--model", MODEL, "--data", data, "--out", out, "--method", "cam", "--store", "dominant,png") == 0
+    pngs = sorted((out / "png").glob("*.png"))
+    assert [p.name for p in pngs] == [f"{i:07d}.png" for i in range(12)]
+    assert np.asarray(Image.open(pngs[0])).shape == (SIZE, SIZE, 3)
 
 
 def test_class_list(tmp_path):

@@ -57,14 +57,10 @@ def test_demo_writes_every_promised_file(tmp_path):
     assert "enriched with misclassified" in html and f"{100 * sample['test_accuracy']:.2f}%" in html
 
 
-def test_demo_is_the_cli_default(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    calls = {}
-    monkeypatch.setattr("clear_native.demo.run_demo", lambda out, **kw: calls.setdefault(
-        "summary", {"images": 1, "dataset": "mnist", "accuracy": 1.0, "num_wrong": 0, "seconds": 0.0,
-                    "out": str(tmp_path / out), "files": {"grid": "grid.png"}}))
-    assert cli.main([]) == 0
-    assert "clear-demo" in capsys.readouterr().out and calls
+def test_demo_is_the_cli_default():
+    args = cli.parse([])
+    assert args.command == "demo" and args.func is cli._demo
+    assert (args.out, args.method, args.signal, args.dataset) == ("clear-demo", "deconvnet", None, "mnist")
 
 
 def test_demo_cli_rejects_a_signal_for_cam(tmp_path, monkeypatch, capsys):

@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from clear_native import cli
 from clear_native import io as cio
+from models import tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 zarr = pytest.importorskip("zarr")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -24,19 +26,7 @@ Image = pytest.importorskip("PIL.Image")
 
 HERE = Path(__file__).resolve().parent
 SIZE = 16
-MODEL = "test_inputs:tiny_model"
-
-
-def tiny_model() -> nn.Module:
-    """conv/ReLU/max-pool, C-kernel last conv, global average pooling (10 classes)."""
-    g = torch.Generator().manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                      nn.Conv2d(6, 10, 3, padding=1), nn.ReLU(), nn.Conv2d(10, 10, 1),
-                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return m.eval()
+MODEL = "models:tiny_model"
 
 
 @pytest.fixture(autouse=True)

@@ -65,6 +65,26 @@ def test_dominance_agreement_by_hand():
     assert conf[0, 1] == 1 and conf[1, 2] == 1 and conf.sum() == 2
 
 
+def test_prediction_share_counts_the_coloured_pixels():
+    # image 0: a tie pixel (response 0, class 0 by the dominance's policy) and a pixel
+    # without a class; image 1: no response at all
+    dom = torch.tensor([[[0, 1], [1, -1]], [[0, 0], [0, 0]]])
+    resp = torch.tensor([[[0.0, 2.0], [1.0, float("nan")]], [[0.0, 0.0], [0.0, 0.0]]])
+    pred = torch.tensor([1, 0])
+    share = metrics.prediction_share(dom, resp, pred)
+    assert share[0] == 1.0 and math.isnan(share[1])  # two coloured pixels, both class 1
+    strong = metrics.prediction_share(dom, resp, pred, strong=0.6)  # only the response 2.0
+    assert strong[0] == 1.0 and math.isnan(strong[1])
+    agree = metrics.dominance_agreement(dom, pred, torch.tensor([1, 0]), 2, dominant_response=resp)
+    torch.testing.assert_close(agree["share_predicted"], share, equal_nan=True)
+    assert agree["share_predicted_correct"] == 1.0  # image 1 has no coloured pixel: left out
+    rows = metrics.table_rows(dom, resp, pred, 2, 0.1)
+    assert rows[0]["prediction_share"] == 1.0 and rows[1]["prediction_share"] is None
+    assert rows[0]["dominant_shares"] == [0.25, 0.5]  # of all pixels: the tie counts for class 0
+    assert rows[0]["prediction_share_strong"] == 1.0 and rows[1]["prediction_share_strong"] is None
+    assert rows[1]["top_dominant"] == 0 and rows[1]["agrees"] is True
+
+
 def test_sanity_check_rows_and_model_untouched():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),

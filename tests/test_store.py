@@ -19,6 +19,8 @@ import pytest
 from clear_native import batch, cli, store
 from test_batch import HERE, MODEL, _arrays, _assert_same_results, _env, _images, _table, explain
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 zarr = pytest.importorskip("zarr")
 pytest.importorskip("pyarrow.parquet")
 Image = pytest.importorskip("PIL.Image")
@@ -30,16 +32,6 @@ CHUNKS = N // B
 @pytest.fixture(autouse=True)
 def _importable(monkeypatch):
     monkeypatch.syspath_prepend(str(HERE))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -311,54 +303,50 @@ def test_second_writer_is_refused_and_a_killed_writer_leaves_no_lock(npz, ref, t
 
 
 # -- kills at each commit step; a full disk; an unwritable OUT --------------------------------
+# Faults come in through the run's Files object (every write the store makes is one of its
+# methods): a subclass raises where the fault would strike.
+
+def _explain_with(files, *args) -> int:
+    """``explain`` with the run's writes going through ``files``."""
+    return batch.main(cli.build_parser().parse_args(["explain", "--no-progress", *map(str, args)]), files=files)
+
 
 class _Killed(BaseException):
     pass
 
 
-def _fail_at(monkeypatch, step, k=2):
+class _KillAt(store.Files):
     """Raises _Killed at ``step`` of chunk ``k``'s commit (what a kill there leaves)."""
-    if step == "array write":  # after some of the chunk's arrays were written
-        calls = []
-        orig = zarr.Array.__setitem__
 
-        def setitem(self, key, value):
-            if isinstance(key, slice) and key.start == k * B:
-                calls.append(1)
-                if len(calls) == 3:
-                    raise _Killed
-            return orig(self, key, value)
+    def __init__(self, step, k=2):
+        self.step, self.k, self.calls = step, k, 0
 
-        monkeypatch.setattr(zarr.Array, "__setitem__", setitem)
-    elif step == "before record":  # arrays written and flushed, no record yet
-        orig_files = store.commit_files
-
-        def commit_files(out, metas, kk):
-            files = orig_files(out, metas, kk)
-            if kk == k:
+    def write_chunk(self, array, start, stop, block):
+        if self.step == "array write" and start == self.k * B:  # after some of the chunk's arrays were written
+            self.calls += 1
+            if self.calls == 3:
                 raise _Killed
-            return files
+        super().write_chunk(array, start, stop, block)
 
-        monkeypatch.setattr(store, "commit_files", commit_files)
-    else:  # "before rename": the record's temporary file written, not renamed
-        orig_write = batch._write_json_atomic
+    def commit_files(self, out, metas, k):
+        files = super().commit_files(out, metas, k)
+        if self.step == "before record" and k == self.k:  # arrays written and flushed, no record yet
+            raise _Killed
+        return files
 
-        def write(path, obj):
-            if path.name == f"{k:06d}.json":
-                path.with_name(f".{path.name}.tmp{os.getpid()}").write_text(json.dumps(obj))
-                raise _Killed
-            return orig_write(path, obj)
-
-        monkeypatch.setattr(batch, "_write_json_atomic", write)
+    def write_json(self, path, obj):
+        if self.step == "before rename" and path.name == f"{self.k:06d}.json":
+            # the record's temporary file written, not renamed
+            path.with_name(f".{path.name}.tmp{os.getpid()}").write_text(json.dumps(obj))
+            raise _Killed
+        super().write_json(path, obj)
 
 
 @pytest.mark.parametrize("step", ["array write", "before record", "before rename"])
-def test_kill_at_each_commit_step(npz, ref, tmp_path, monkeypatch, step):
+def test_kill_at_each_commit_step(npz, ref, tmp_path, step):
     out = tmp_path / "out"
-    with monkeypatch.context() as m:
-        _fail_at(m, step)
-        with pytest.raises(_Killed):
-            batch.main(cli.build_parser().parse_args(["explain", "--no-progress", *_args(npz, out)]))
+    with pytest.raises(_Killed):
+        _explain_with(_KillAt(step), *_args(npz, out))
     assert [_record(out, k).exists() for k in range(CHUNKS)] == [True, True, False, False]
     assert store.OutLock.acquire(out).release() is None  # the writer thread stopped, the lock is free
     assert explain(*_args(npz, out)) == 0
@@ -366,22 +354,29 @@ def test_kill_at_each_commit_step(npz, ref, tmp_path, monkeypatch, step):
     _assert_same_results(out, ref)
 
 
-def _raise_on(monkeypatch, prefix, err):
-    orig = zarr.storage.LocalStore.set
+class _FailingChunks(store.Files):
+    """Writes the arrays through a Zarr store that raises ``err`` on every key starting
+    with ``prefix`` (as a full disk or a denied permission would, inside zarr)."""
 
-    async def set_(self, key, value):
-        if key.startswith(prefix):
-            raise err
-        return await orig(self, key, value)
+    def __init__(self, prefix, err):
+        self.prefix, self.err = prefix, err
 
-    monkeypatch.setattr(zarr.storage.LocalStore, "set", set_)
+    def zarr_store(self, root):
+        prefix, err = self.prefix, self.err
+
+        class Failing(zarr.storage.LocalStore):
+            async def set(self, key, value):
+                if key.startswith(prefix):
+                    raise err
+                return await super().set(key, value)
+
+        return Failing(root)
 
 
-def test_full_disk_keeps_the_committed_chunks(npz, ref, tmp_path, monkeypatch, capsys):
+def test_full_disk_keeps_the_committed_chunks(npz, ref, tmp_path, capsys):
     out = tmp_path / "out"
-    with monkeypatch.context() as m:
-        _raise_on(m, "dominant_response/c/2/", OSError(errno.ENOSPC, "No space left on device"))
-        assert explain(*_args(npz, out)) == 2
+    full = _FailingChunks("dominant_response/c/2/", OSError(errno.ENOSPC, "No space left on device"))
+    assert _explain_with(full, *_args(npz, out)) == 2
     err = capsys.readouterr().err
     assert f"error: cannot write to --out {str(out)!r}: the disk is full" in err
     assert "the chunks committed so far are kept" in err and "Traceback" not in err
@@ -393,15 +388,14 @@ def test_full_disk_keeps_the_committed_chunks(npz, ref, tmp_path, monkeypatch, c
     _assert_same_results(out, ref)
 
 
-def test_full_disk_at_the_table(npz, ref, tmp_path, monkeypatch, capsys):
-    out = tmp_path / "out"
-
-    def full(*a, **k):
+class _FullAtTheTable(store.Files):
+    def write_table(self, out, rows, fmt):
         raise OSError(errno.ENOSPC, "No space left on device", str(out / ".table.parquet.tmp"))
 
-    with monkeypatch.context() as m:
-        m.setattr(batch, "_write_table", full)
-        assert explain(*_args(npz, out)) == 2
+
+def test_full_disk_at_the_table(npz, ref, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _explain_with(_FullAtTheTable(), *_args(npz, out)) == 2
     assert "the disk is full" in capsys.readouterr().err
     assert not (out / "manifest.json").exists()
     assert explain(*_args(npz, out)) == 0
@@ -409,21 +403,25 @@ def test_full_disk_at_the_table(npz, ref, tmp_path, monkeypatch, capsys):
     _assert_same_results(out, ref)
 
 
+class _DeniedJson(store.Files):
+    """Denies the JSON writes into ``folder`` (None: every one)."""
+
+    def __init__(self, folder=None):
+        self.folder = folder
+
+    def write_json(self, path, obj):
+        if self.folder is None or path.parent.name == self.folder:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        super().write_json(path, obj)
+
+
 @pytest.mark.parametrize("where", ["run.json", "arrays", "commit record"])
-def test_unwritable_out_is_a_clear_error(npz, tmp_path, monkeypatch, where, capsys):
+def test_unwritable_out_is_a_clear_error(npz, tmp_path, where, capsys):
     out = tmp_path / "out"
-
-    def denied(path, *a, **k):
-        raise PermissionError(errno.EACCES, "Permission denied", str(path))
-
-    with monkeypatch.context() as m:
-        if where == "run.json":
-            m.setattr(store, "write_json_atomic", denied)
-        elif where == "arrays":
-            _raise_on(m, "dominant_class/c/0/", PermissionError(errno.EACCES, "Permission denied"))
-        else:
-            m.setattr(batch, "_write_json_atomic", denied)
-        assert explain(*_args(npz, out)) == 2
+    files = {"run.json": _DeniedJson(),  # run.json is the first file a run writes
+             "arrays": _FailingChunks("dominant_class/c/0/", PermissionError(errno.EACCES, "Permission denied")),
+             "commit record": _DeniedJson("chunks")}[where]
+    assert _explain_with(files, *_args(npz, out)) == 2
     err = capsys.readouterr().err
     assert f"cannot write to --out {str(out)!r}: permission denied" in err and "Traceback" not in err
 
@@ -449,9 +447,13 @@ def test_rank_without_a_process_group(npz, tmp_path, monkeypatch, env, message, 
 
 # -- clear-native verify [--repair] ----------------------------------------------------------
 
-def test_verify_a_sound_run(ref, tmp_path, capsys):
+def test_verify_a_sound_run(ref, npz, tmp_path, capsys):
     rc, res = _verify(ref, capsys=capsys)
     assert rc == 0 and f"{ref}: ok: {CHUNKS} chunks" in res.out and "problem" not in res.out
+    with_input = tmp_path / "with-input"  # the input pictures are one more array of the run
+    assert explain(*_args(npz, with_input, "--store", "dominant,input")) == 0
+    rc, res = _verify(with_input, capsys=capsys)
+    assert rc == 0 and "problem" not in res.out, res.out
     empty = tmp_path / "empty"
     empty.mkdir()
     for folder, message in ((empty, "holds no clear-native run"), (tmp_path / "nothing", "is not a folder")):
@@ -499,7 +501,7 @@ def test_verify_repairs_the_table(ref, run_copy, tmp_path, fault, capsys):
     elif fault == "table of another run":
         rows = _table(ref)
         rows[5]["prediction"] = 9 - rows[5]["prediction"]
-        batch._write_table(out, rows, "parquet")
+        store.write_table(out, rows, "parquet")
     else:
         (out / "errors.json").write_text('[{"index": 3, "key": "3", "reason": "made up"}]')
     rc, res = _verify(out, capsys=capsys)
