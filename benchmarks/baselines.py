@@ -115,3 +115,29 @@ def matches_reference(got: SimpleNamespace, want, fields=FIELDS, *, exact: bool 
 
 def reference_dominance(x, target=None):
     return reference.dominance(x, target)
+
+
+def unpool_deconv(grad: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor, size, *, padding=1,
+                  pool=2) -> torch.Tensor:
+    """One deconvnet layer the plain way: the rule (``relu``) on the pooled signal, torch's
+    ``max_unpool2d`` to the switches, then ``conv_transpose2d`` (stride 1, square kernel)."""
+    h = size[0] + 2 * padding - weight.shape[-2] + 1
+    w = size[1] + 2 * padding - weight.shape[-1] + 1
+    up = F.max_unpool2d(grad.clamp(min=0), indices, pool, output_size=(h, w))
+    return F.conv_transpose2d(up, weight, padding=padding)
+
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def render(classes: torch.Tensor, responses: torch.Tensor, scale: torch.Tensor, palette: torch.Tensor,
+           image: torch.Tensor, overlay: float = 0.5) -> torch.Tensor:
+    """The CLEAR overlay the plain way (reference.render's policy, threshold 0, grey image):
+    ``(1 - a) * grey + a * palette[class] * V`` where the class is valid and ``V > 0``."""
+    p = palette.shape[0]
+    v = (responses / scale.view(-1, 1, 1)).clamp(0, 1)
+    v = torch.where((classes >= 0) & (classes < p), v, 0)
+    colour = palette.float()[classes.clamp(0, p - 1)]                        # (N, H, W, 3)
+    luma = torch.einsum("nchw,c->nhw", image, image.new_tensor(_LUMA)) * (255 * (1 - overlay))
+    out = torch.addcmul(luma.unsqueeze(-1), colour, (overlay * v).unsqueeze(-1))
+    return (out + 0.5).floor_().clamp_(0, 255).to(torch.uint8)

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import baselines
 from clear_native import reference
 from clear_native.deconv import unpool_deconv
 from conftest import peak_memory_mib, sync
@@ -43,7 +44,19 @@ def run_reference(g, idx, w, size):
     return reference.unpool_deconv(g, idx, w, size, padding=1, rule="deconvnet")
 
 
-IMPLS = {"native": run_native, "reference": run_reference}
+def run_plain(g, idx, w, size):
+    return baselines.unpool_deconv(g, idx, w, size, padding=1)
+
+
+IMPLS = {"native": run_native, "reference": run_reference, "plain": run_plain}
+
+
+@pytest.mark.parametrize("case", CASES[:2], ids=lambda s: "x".join(map(str, s)))
+def test_plain_baseline_matches_reference(case):
+    """The plain baseline (max_unpool2d + conv_transpose2d) computes the benchmarked result."""
+    inputs = make_inputs(case)
+    torch.testing.assert_close(run_plain(*inputs), run_reference(*inputs), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(run_native(*inputs), run_reference(*inputs), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("device", DEVICES)

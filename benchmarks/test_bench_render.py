@@ -9,6 +9,7 @@ import functools
 import pytest
 import torch
 
+import baselines
 import clear_native
 from clear_native import palettes, reference
 from clear_native.render import compute_scale
@@ -43,7 +44,21 @@ def run_reference(maps, image):
     return reference.render(maps.dominant_class, maps.dominant_response, scale, pal, image, 0.5)
 
 
-IMPLS = {"native": run_native, "reference": run_reference}
+def run_plain(maps, image):
+    pal = palettes.get_palette(maps.num_classes).to(image.device)
+    return baselines.render(maps.dominant_class, maps.dominant_response, compute_scale(maps.dominant_response),
+                            pal, image, 0.5)
+
+
+IMPLS = {"native": run_native, "reference": run_reference, "plain": run_plain}
+
+
+def test_plain_baseline_matches_reference():
+    """The plain baseline renders the reference's picture (to one grey level: another
+    order of float operations)."""
+    inputs = make_inputs((4, 10, 64, 48))
+    got, want = run_plain(*inputs).int(), run_reference(*inputs).int()
+    assert (got - want).abs().max() <= 1 and (got != want).float().mean() < 0.01
 
 
 @pytest.mark.parametrize("device", DEVICES)

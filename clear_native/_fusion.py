@@ -106,8 +106,7 @@ class _PoolBlock(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, conv_input, below, relu_out, site: _Site, kernel, stride, padding, ceil_mode):
-        pooled, indices = torch.ops.aten.max_pool2d_with_indices(
-            relu_out, kernel, stride, padding, [1, 1], ceil_mode)
+        pooled, indices = _max_pool2d_with_indices(relu_out, kernel, stride, padding, ceil_mode)
         ctx.site = site
         ctx.relu_shape = relu_out.shape
         ctx.set_materialize_grads(False)
@@ -133,6 +132,18 @@ class _PoolBlock(torch.autograd.Function):
         return (None, None, flat.view(n, c, h, w)) + none
 
 
+def _max_pool2d_with_indices(x: torch.Tensor, kernel, stride, padding, ceil_mode):
+    """torch's ``max_pool2d_with_indices`` (same values, switches, ties and NaN), taken in
+    channels-last memory where ``x`` is NCHW: torch's CPU kernel for NCHW does not
+    vectorise, and the copies in and out cost less than it loses (MNIST model, N=48:
+    2.8 ms instead of 9.8 for 32x28x28, 1.1 instead of 4.0 for 64x14x14)."""
+    if x.device.type != "cpu" or x.shape[1] < 8 or not x.is_contiguous():
+        return torch.ops.aten.max_pool2d_with_indices(x, kernel, stride, padding, [1, 1], ceil_mode)
+    pooled, indices = torch.ops.aten.max_pool2d_with_indices(
+        x.contiguous(memory_format=torch.channels_last), kernel, stride, padding, [1, 1], ceil_mode)
+    return pooled.contiguous(), indices.contiguous()
+
+
 class _ConvFewInputs(torch.autograd.Function):
     """``conv2d`` whose backward (input gradient only: the weights are frozen) is one
     GEMM and a col2im (``F.fold``). For the few input channels of an image layer this
@@ -152,12 +163,28 @@ class _ConvFewInputs(torch.autograd.Function):
         if grad is None:
             return (None,) * 6
         (weight,) = ctx.saved_tensors
-        stride, padding, dilation = ctx.geometry
-        n, c = grad.shape[:2]
+        n, c, ho, wo = grad.shape
+        cin, kh, kw = weight.shape[1:]
         cols = torch.matmul(weight.reshape(c, -1).t(), grad.reshape(n, c, -1))  # (N, C_in kh kw, L)
-        gx = F.fold(cols, ctx.input_size, weight.shape[-2:], dilation=dilation, padding=padding,
-                    stride=stride)
-        return (gx,) + (None,) * 5
+        return (_col2im(cols.view(n, cin, kh, kw, ho, wo), ctx.input_size, *ctx.geometry),) + (None,) * 5
+
+
+def _col2im(cols: torch.Tensor, size, stride, padding, dilation) -> torch.Tensor:
+    """``F.fold`` of (N, C, kh, kw, Ho, Wo) columns into (N, C, H, W): one strided add per
+    kernel tap into a padded plane. For the few channels of an image layer this is about
+    4x faster than ``F.fold`` (measured on the MNIST model's 3x3 image layer, N=48)."""
+    n, c, kh, kw, ho, wo = cols.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    h, w = size
+    # The padded plane must hold every tap's reach and the (H, W) input window.
+    hp = max(h + 2 * ph, (kh - 1) * dh + (ho - 1) * sh + 1)
+    wp = max(w + 2 * pw, (kw - 1) * dw + (wo - 1) * sw + 1)
+    out = cols.new_zeros(n, c, hp, wp)
+    for ky in range(kh):
+        for kx in range(kw):
+            y0, x0 = ky * dh, kx * dw
+            out[:, :, y0:y0 + (ho - 1) * sh + 1:sh, x0:x0 + (wo - 1) * sw + 1:sw] += cols[:, :, ky, kx]
+    return out[:, :, ph:ph + h, pw:pw + w]
 
 
 FEW_INPUT_CHANNELS = 4  # convolutions with at most this many input channels use _ConvFewInputs

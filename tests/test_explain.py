@@ -914,3 +914,48 @@ def test_channels_last_maps(method):
                                        lambda s, like: s.permute(0, 2, 3, 1))
     assert "channels-last map" in explainer.last_source and "(2, 8, 6, 6)" in explainer.last_source
     torch.testing.assert_close(got.class_maps, want)
+
+
+@pytest.mark.parametrize("geometry", [(48, 1, 28, 28, 3, 1, 1, 1), (2, 3, 33, 30, 7, 2, 3, 1), (3, 2, 13, 11, 3, 2, 0, 2),
+                                      (2, 3, 9, 10, 4, 3, 2, 1), (1, 1, 5, 5, 5, 1, 0, 1), (2, 4, 8, 7, 2, 2, 1, 1)],
+                         ids=str)
+def test_image_layer_input_gradient(geometry):
+    """The image layer's input gradient (a GEMM, then one strided add per tap) equals
+    F.fold of the same columns and torch's own convolution backward (strides, padding,
+    dilation, kernels larger than the stride)."""
+    from clear_native._fusion import _col2im, _ConvFewInputs
+
+    n, c, h, w, k, s, p, d = geometry
+    g = torch.Generator().manual_seed(sum(geometry))
+    ho, wo = (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
+    cols = torch.randn(n, c * k * k, ho * wo, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(_col2im(cols.view(n, c, k, k, ho, wo), (h, w), (s, s), (p, p), (d, d)),
+                               F.fold(cols, (h, w), (k, k), dilation=d, padding=p, stride=s))
+    x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, c, k, k, generator=g, dtype=torch.float64)
+    y = _ConvFewInputs.apply(x, weight, None, (s, s), (p, p), (d, d))
+    torch.testing.assert_close(y, F.conv2d(x, weight, None, s, p, d))
+    grad = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    (got,) = torch.autograd.grad(y, x, grad)
+    (want,) = torch.autograd.grad(F.conv2d(x, weight, None, s, p, d), x, grad)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding,ceil", [((3, 8, 9, 11), 2, 2, 0, False),
+                                                             ((3, 8, 9, 11), 2, 2, 0, True),
+                                                             ((2, 16, 12, 12), 3, 3, 1, False),
+                                                             ((2, 9, 7, 10), [2, 3], [2, 3], [1, 0], True),
+                                                             ((2, 4, 6, 6), 2, 2, 0, False)], ids=str)
+def test_fused_pool_equals_torch_max_pool(shape, kernel, stride, padding, ceil):
+    """The fused blocks' pool (through channels-last memory) gives torch's NCHW
+    max_pool2d_with_indices exactly: values, switches, ties and NaN."""
+    from clear_native._fusion import _max_pool2d_with_indices
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 3, shape, generator=g).float()  # many ties
+    x[torch.rand(shape, generator=g) < 0.1] = float("nan")
+    pair = (lambda v: [v, v] if isinstance(v, int) else v)
+    want = torch.ops.aten.max_pool2d_with_indices(x, pair(kernel), pair(stride), pair(padding), [1, 1], ceil)
+    got = _max_pool2d_with_indices(x, pair(kernel), pair(stride), pair(padding), ceil)
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(got[1], want[1]) and got[0].is_contiguous() and got[1].is_contiguous()
