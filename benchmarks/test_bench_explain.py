@@ -108,7 +108,7 @@ def run_captum_deconvnet(model, x):
     from captum.attr import Deconvolution
 
     deconv = Deconvolution(model)
-    maps = [deconv.attribute(x, target=c).sum(1) for c in range(10)]  # one backward per class
+    maps = [deconv.attribute(x, target=c).abs().amax(1) for c in range(10)]  # one backward per class; Clear's max_abs
     return reference.dominance(torch.stack(maps, 1), model(x).argmax(1))
 
 
@@ -137,7 +137,7 @@ def run_captum_deconvnet_response(model, x):
         s = torch.zeros_like(z)
         s[:, c] = z[:, c].clamp(min=0) / (hw * hw)
         deconv = Deconvolution(_ResponseObjective(model.features, s))
-        maps.append(deconv.attribute(x, target=0).sum(1))
+        maps.append(deconv.attribute(x, target=0).abs().amax(1))  # deconvnet default: max_abs
     return reference.dominance(torch.stack(maps, 1), z.mean((2, 3)).argmax(1))
 
 
