@@ -81,17 +81,12 @@ from __future__ import annotations
 
 from clear_native.batch.chunk import input_pictures
 from clear_native.batch.cli_args import add_arguments, main, options_from_args
-from clear_native.batch.finalize import _versions as _versions
 from clear_native.batch.finalize import run_results, summary_lines
 from clear_native.batch.loop import run
 from clear_native.batch.options import (EXIT_ERRORS, EXIT_OK, EXIT_USAGE, FORMAT, SHAPE_SAMPLE, STORE_CHOICES,
                                         STRONG, BatchOptions, BatchSummary, class_dtype, parse_classes)
 from clear_native.batch.runstore import RunStore
 from clear_native.io import BatchError
-# the names report.py and earlier callers import from here
-from clear_native.store import STORE_FIELDS as _STORE_FIELDS  # noqa: F401
-from clear_native.store import _shown as _shown
-from clear_native.store import write_table as _write_table  # noqa: F401
 
 __all__ = ["BatchOptions", "BatchSummary", "BatchError", "RunStore", "run", "main", "add_arguments",
            "options_from_args", "summary_lines", "run_results", "input_pictures", "class_dtype", "parse_classes",

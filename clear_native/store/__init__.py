@@ -41,7 +41,6 @@ from clear_native.store.chunks import check_chunk, check_chunks, drop_records
 from clear_native.store.files import (TABLE_COLUMNS, Files, chunk_path, commit_files, file_digest, read_json,
                                       record_path, seal, write_error, write_json_atomic, write_table)
 from clear_native.store.lock import LOCK_NAME, OutLock
-from clear_native.store.out import _shown as _shown
 from clear_native.store.out import check_out_and_data, holds_run, open_out
 from clear_native.store.verifier import main, verify
 
