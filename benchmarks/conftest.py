@@ -11,6 +11,19 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def timed(fn, device, times: list):
+    """``fn``, appending its wall time (device synchronised) to ``times``."""
+    import time
+
+    def run(*args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+        return out
+    return run
+
+
 def _peak_rss_kib() -> int:
     """High-water mark of this process's resident set (KiB).
 

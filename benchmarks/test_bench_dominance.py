@@ -9,7 +9,6 @@ per-round bandwidth fraction that survives the machine's drift.
     python benchmarks/report.py -k dominance               # the README table
 """
 import functools
-import time
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ import torch
 import baselines
 import clear_native
 from clear_native import reference
-from conftest import peak_memory_mib, sync
+from conftest import peak_memory_mib, timed
 
 # The issue's shapes: (N, C, H, W), float32.
 CASES = [(16, 120, 224, 224), (8, 1000, 112, 112)]
@@ -48,17 +47,6 @@ def run_sum(x, fields="all"):
 
 
 IMPLS = {"native": run_native, "plain": run_plain, "reference": run_reference, "torch_sum": run_sum}
-
-
-def timed(fn, device, times):
-    """fn, appending its wall time (synchronised) to ``times``."""
-    def run(*args):
-        t0 = time.perf_counter()
-        out = fn(*args)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-        return out
-    return run
 
 
 @pytest.mark.parametrize("device", DEVICES)

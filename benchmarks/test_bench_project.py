@@ -15,7 +15,6 @@ ImageNet shape, the shipped MNIST model on the first 64 sample digits for the MN
     pytest benchmarks/test_bench_project.py -k matches   # the untimed equality checks
 """
 import functools
-import time
 
 import pytest
 import torch
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 import baselines
 import clear_native
 from clear_native import reference
-from conftest import peak_memory_mib, sync
+from conftest import peak_memory_mib, timed
 
 # (N, K, C, h, H): the issue's shapes.
 CASES = {"imagenet_8x1280x1000_7to224": (8, 1280, 1000, 7, 224),
@@ -97,16 +96,6 @@ def run_gemm(feats, weight, bias, size):
 
 
 IMPLS = {"native": run_native, "plain": run_plain, "reference": run_reference, "gemm": run_gemm}
-
-
-def timed(fn, device, times):
-    def run(*args):
-        t0 = time.perf_counter()
-        out = fn(*args)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-        return out
-    return run
 
 
 def kinds(case):

@@ -26,6 +26,8 @@ class LinearCam:
     """cam class maps ``W[c] . f(i, j) + b[c]``: a linear head on the globally pooled
     features ``f`` (N, K, h, w), or a 1x1 class convolution (``f`` its input) + GAP."""
 
+    passes = ()  # no backward pass
+
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, feats: torch.Tensor, how: str):
         self.weight, self.bias, self.feats, self.how = weight, bias, feats, how
 
@@ -42,6 +44,7 @@ class MapsCam:
     """cam class maps that the model computes: a C-kernel last convolution + GAP."""
 
     how = "class maps of the last convolution"
+    passes = ()  # no backward pass
 
     def __init__(self, maps: torch.Tensor):
         self.class_maps = maps  # (N, C, h, w)
@@ -141,6 +144,10 @@ class Upsampled:
 
     def __init__(self, source, size, mode: str):
         self.source, self.size, self.mode = source, tuple(size), mode
+
+    @property
+    def passes(self):
+        return self.source.passes
 
     def maps(self, ids: torch.Tensor, last: bool) -> torch.Tensor:
         return upsample(self.source.maps(ids, last), self.size, self.mode)

@@ -97,7 +97,7 @@ class _Site:
         conv's input, or the input of the ReLU below it (rectify route)."""
         g = unpool_deconv(grad, self.indices, self.weight, self.input_size, pooled=self.mask,
                           stride=self.stride, padding=self.padding, dilation=self.dilation,
-                          rule=self.rule.name, rectify_output=self.rectify)
+                          rule=self.rule, rectify_output=self.rectify)
         return (self.below if self.rectify else self.conv_input), g
 
 

@@ -33,7 +33,7 @@ def _pair(value, name: str) -> list[int]:
 
 def unpool_deconv(grad: torch.Tensor, indices: torch.Tensor, weight: torch.Tensor, input_size,
                   *, pooled: torch.Tensor | None = None, stride=1, padding=0, dilation=1,
-                  rule: str = "deconvnet", rectify_output: bool = False) -> torch.Tensor:
+                  rule: str | rules.Rule = "deconvnet", rectify_output: bool = False) -> torch.Tensor:
     """The backward signal of ``conv2d -> ReLU -> max_pool2d`` at the conv's input.
 
     Args:
@@ -47,7 +47,8 @@ def unpool_deconv(grad: torch.Tensor, indices: torch.Tensor, weight: torch.Tenso
         pooled: (N, C, h, w) the pool's output; needed by the ``"gradient"`` and
             ``"guided"`` rules (the ReLU's mask at a switch is ``pooled > 0``).
         stride, padding, dilation: the convolution's.
-        rule: ``"deconvnet"`` (rectify the signal), ``"guided"`` (rectify and mask) or
+        rule: a rule of :mod:`clear_native.rules` with a kernel id, or its name:
+            ``"deconvnet"`` (rectify the signal), ``"guided"`` (rectify and mask) or
             ``"gradient"`` (mask).
         rectify_output: clamp the result at 0 (``torch.clamp(min=0)``): the deconvnet rule
             of a ReLU whose output is the conv's input, applied in the same pass.
@@ -55,9 +56,9 @@ def unpool_deconv(grad: torch.Tensor, indices: torch.Tensor, weight: torch.Tenso
     Returns:
         (N, C_in, H_in, W_in), contiguous.
     """
-    ids = kernel_rules()
-    if rule not in ids:
-        raise ValueError(f"unpool_deconv: rule must be one of {tuple(ids)}, got {rule!r}")
+    kernel_id = rules.get(rule).kernel_id if isinstance(rule, rules.Rule) or rule in rules.names() else None
+    if kernel_id is None:
+        raise ValueError(f"unpool_deconv: rule must be one of {tuple(kernel_rules())}, got {rule!r}")
     for name, t in (("grad", grad), ("indices", indices), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"unpool_deconv: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -70,4 +71,4 @@ def unpool_deconv(grad: torch.Tensor, indices: torch.Tensor, weight: torch.Tenso
     size = _pair(input_size, "input_size")
     return torch.ops.clear_native.unpool_deconv(
         grad, indices, pooled, weight, size, _pair(stride, "stride"), _pair(padding, "padding"),
-        _pair(dilation, "dilation"), ids[rule], bool(rectify_output))
+        _pair(dilation, "dilation"), kernel_id, bool(rectify_output))

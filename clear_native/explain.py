@@ -291,7 +291,7 @@ class Clear:
         # image path is cut; the backward passes ask for d logits / d f only (no weight grads).
         with torch.enable_grad():
             logits, source, self.last_source = cam_source(self.model, images, self._site, repr(self))
-            self.last_routes = Routes(passes=getattr(source, "passes", []))
+            self.last_routes = Routes(passes=source.passes)
             n, c = logits.shape
             prediction = logits.argmax(1)
             target = check_target(target, n, c, images.device, prediction)

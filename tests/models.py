@@ -345,25 +345,23 @@ class MixedNet(ActNet):
 
 # -- batch / input tests: tiny classifiers the CLI loads as models:NAME -------------------
 
-def tiny_model() -> nn.Module:
-    """ALL-CNN-like: conv/ReLU/max-pool, C-kernel last conv, global average pooling."""
-    g = torch.Generator().manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                      nn.Conv2d(6, 10, 3, padding=1), nn.ReLU(), nn.Conv2d(10, 10, 1),
+def _all_cnn(cin: int, width: int, classes: int, pool: int, seed: int, scale: float) -> nn.Module:
+    """conv/ReLU/max-pool, conv/ReLU, C-kernel 1x1 conv, GAP; seeded Gaussian weights."""
+    g = torch.Generator().manual_seed(seed)
+    m = nn.Sequential(nn.Conv2d(cin, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(pool),
+                      nn.Conv2d(width, classes, 3, padding=1), nn.ReLU(), nn.Conv2d(classes, classes, 1),
                       nn.AdaptiveAvgPool2d(1), nn.Flatten())
     with torch.no_grad():
         for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
     return m.eval()
+
+
+def tiny_model() -> nn.Module:
+    """ALL-CNN-like, 1 channel in, 10 classes."""
+    return _all_cnn(1, 6, 10, 2, seed=0, scale=0.5)
 
 
 def rgb_model() -> nn.Module:
-    """A tiny 3-channel classifier ending in a C-kernel conv + GAP (cam works on it)."""
-    g = torch.Generator().manual_seed(1)
-    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4),
-                      nn.Conv2d(4, 5, 3, padding=1), nn.ReLU(), nn.Conv2d(5, 5, 1),
-                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return m.eval()
+    """A tiny 3-channel classifier ending in a C-kernel conv + GAP (cam works on it), 5 classes."""
+    return _all_cnn(3, 4, 5, 4, seed=1, scale=0.3)
