@@ -70,13 +70,24 @@ __all__ = ["Clear", "ClearMaps", "METHODS", "SIGNALS", "CHANNEL_REDUCE", "defaul
 
 SIGNALS = ("response", "logit")
 DEFAULT_CLASS_CHUNK = 16  # back-projection methods: classes per batched backward pass
-# CPU back-projection: images per forward + class passes (Clear's image_chunk): smaller
-# batches keep the saved activations and backward buffers in cache (MNIST ALL-CNN, N=64 on
-# a 2-core EPYC, torch's own backward nodes: 16 images at a time ~25% faster than 64);
-# once a chunk has run through fused blocks, whose kernels split the work by image, the
-# following chunks take 64 images (same model, fused: ~1.35x faster than 16).
+# CPU back-projection: images per forward + class passes (Clear's image_chunk). Small
+# images start with larger chunks: up to CPU_CHUNK_PIXELS input pixels (H W) per chunk,
+# between CPU_IMAGE_CHUNK and CPU_FUSED_IMAGE_CHUNK images. Once a chunk has run through
+# fused blocks, whose kernels split the work by image, the following chunks take
+# CPU_FUSED_IMAGE_CHUNK images. Measured on the 2-core Xeon (deconvnet, 10 classes): MNIST
+# ALL-CNN 28x28 N=64, 64 at once 113 ms vs 16 + 48 138 ms; a CIFAR VGG 32x32 N=128, 64 at a
+# time 405 ms vs 16 then 64 469 ms; at 48x48 16 to 128 within 6%; at 64x64 (N=64) and a
+# ResNet-18 at 112x112 (N=32) chunks of 16 first stay best (64 at once 870 vs 700 ms,
+# 2620 vs 2570 ms: the passes' working set leaves the cache).
 CPU_IMAGE_CHUNK = 16
 CPU_FUSED_IMAGE_CHUNK = 64
+CPU_CHUNK_PIXELS = 64 * 1024
+
+
+def first_image_chunk(images: torch.Tensor) -> int:
+    """Images in the first CPU back-projection chunk (see CPU_CHUNK_PIXELS)."""
+    pixels = max(1, images.shape[-1] * images.shape[-2])
+    return min(CPU_FUSED_IMAGE_CHUNK, max(CPU_IMAGE_CHUNK, CPU_CHUNK_PIXELS // pixels))
 
 
 def methods() -> tuple[str, ...]:
@@ -170,9 +181,10 @@ class Clear:
             blocks in one native pass and take the logit's image-independent top layers
             from one image (module doc); False: torch's own backward nodes everywhere
             (same maps up to float rounding).
-        image_chunk: CPU back-projection: images per forward + class passes (default 16,
-            then 64 once a chunk ran through fused blocks, whose kernels split the work by
-            image; measured on an MNIST ALL-CNN, N=64). The maps do not depend on it.
+        image_chunk: CPU back-projection: images per forward + class passes (default: 16,
+            up to 64 for small images (64 Ki input pixels per chunk), then 64 once a chunk
+            ran through fused blocks, whose kernels split the work by image; measured on
+            MNIST, CIFAR-sized and 64x64 models). The maps do not depend on it.
 
     After a call, ``last_source`` says where the class maps came from (head path and
     feature layer) and ``last_routes`` (back-projection methods, last image chunk) what ran: the fused
@@ -240,7 +252,7 @@ class Clear:
     # -- back-projection methods ------------------------------------------------------
 
     def _backproject(self, images, target, classes, keep, chunk) -> ClearMaps:
-        n, step = images.shape[0], self.image_chunk or CPU_IMAGE_CHUNK
+        n, step = images.shape[0], self.image_chunk or first_image_chunk(images)
         # Image chunks on CPU, where per-image results do not depend on the batch:
         # no module in training mode (batch statistics) and one class table for all
         # images (top-k tables may differ in width between chunks).

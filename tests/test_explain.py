@@ -2,6 +2,7 @@
 import gc
 import tracemalloc
 from dataclasses import fields
+from unittest import mock
 
 import pytest
 import torch
@@ -486,15 +487,41 @@ def test_fused_blocks_float64_and_model_unchanged():
     assert_unchanged(model, before)
 
 
+def test_first_image_chunk_by_image_size():
+    """Small images start with larger chunks (CPU_CHUNK_PIXELS), within 16 and 64."""
+    first = explain_mod.first_image_chunk
+    assert first(torch.empty(0, 1, 28, 28)) == 64
+    assert first(torch.empty(0, 3, 48, 48)) == 28
+    assert first(torch.empty(0, 3, 64, 64)) == 16
+    assert first(torch.empty(0, 3, 224, 224)) == 16
+
+
+def test_image_chunks_grow_after_fused_blocks():
+    """Larger images: 16 first, then 64 once a chunk ran through fused blocks."""
+    model, x = make("gap", n=90, size=64)
+    explainer, sizes = clear_native.Clear(model, "deconvnet"), []
+    batch = explainer._backproject_batch
+    with mock.patch.object(explainer, "_backproject_batch",
+                           side_effect=lambda images, *a: sizes.append(len(images)) or batch(images, *a)):
+        explainer(x)
+    assert explainer.last_routes.fast and all(explainer.last_routes.fast)
+    assert sizes == [16, 64, 10]
+
+
 @pytest.mark.parametrize("method", ["deconvnet", "guided"])
 @pytest.mark.parametrize("kwargs", [{}, {"classes": [4, 0, 2]}, {"target": "given"}], ids=str)
 def test_cpu_image_chunks_equal_one_batch(method, kwargs):
-    """On CPU the back-projection runs CPU_IMAGE_CHUNK images at a time: same result."""
-    model, x = make("gap", n=2 * explain_mod.CPU_IMAGE_CHUNK + 5)
+    """On CPU the back-projection runs a few images at a time: same result."""
+    model, x = make("gap", n=2 * explain_mod.CPU_FUSED_IMAGE_CHUNK + 5)
     kwargs = dict(kwargs)
     if kwargs.get("target") == "given":
         kwargs["target"] = torch.arange(x.shape[0]) % NUM_CLASSES
-    chunked = clear_native.Clear(model, method)(x, keep_class_maps=True, **kwargs)
+    explainer, sizes = clear_native.Clear(model, method), []
+    batch = explainer._backproject_batch
+    with mock.patch.object(explainer, "_backproject_batch",
+                           side_effect=lambda images, *a: sizes.append(len(images)) or batch(images, *a)):
+        chunked = explainer(x, keep_class_maps=True, **kwargs)
+    assert sizes == [64, 64, 5]
     whole = clear_native.Clear(model, method, image_chunk=10 ** 6)(x, keep_class_maps=True, **kwargs)
     for f in fields(whole):
         a, b = getattr(chunked, f.name), getattr(whole, f.name)
