@@ -43,12 +43,14 @@ def reduce_channels(maps: torch.Tensor, rule: str, dim: int) -> torch.Tensor:
 class Routes:
     """What the last back-projection ran: per fused block (bottom first) whether it took
     the fast route and whether the ReLU below applied its rule in the same pass, whether
-    the logit's top layers came from one image, and the classes of each backward pass."""
+    the logit's top layers came from one image, the classes of each backward pass, and how
+    many class-response passes began below the feature layer's rank-one chain."""
 
     fast: list[bool] = field(default_factory=list)
     rectified: list[bool] = field(default_factory=list)
     top_shortcut: bool = False
     passes: list[int] = field(default_factory=list)
+    rank_one_passes: int = 0  # class response passes that began rank one (clear_native._rank_one)
 
 
 class Backprojector:
@@ -72,6 +74,11 @@ class Backprojector:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+    def rank_one_chain(self, f: torch.Tensor):
+        """The feature layer's rank-one chain (:mod:`clear_native._rank_one`) or None;
+        before :meth:`choose_routes`."""
+        return self.mode.rank_one_chain(f) if self.fused else None
 
     def choose_routes(self, output: torch.Tensor) -> None:
         """Fused blocks: their routes from the autograd graph of ``output`` (what is
@@ -160,6 +167,8 @@ class BackprojectionSource:
                                 f"{tuple(self.response.features.shape)}")
         else:
             self.description = "gradient of the class logit"
+        if response and cfg.rectify and self.response.to_grid is None:
+            self.response.chain = bp.rank_one_chain(self.response.node)
         bp.choose_routes(self.response.features if response else logits)
         self.logits = logits
         return logits.detach()
@@ -172,6 +181,7 @@ class BackprojectionSource:
         if self.response is not None:  # the class response, from the feature layer down
             self.bp.routes.passes.append(ids.shape[1])
             grad = self.response.backproject(grad_out, last)
+            self.bp.routes.rank_one_passes = self.response.rank_one_passes
         else:
             grad = self.bp.logit_grad(self.logits, self.x, grad_out, int(ids[0, 0]), last)
         return reduce_channels(grad, self.cfg.channel_reduce, 2).transpose(0, 1)

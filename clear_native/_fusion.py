@@ -24,6 +24,10 @@ signals must be summed before the ReLU rule, which only the plain route does.
 Convolutions with at most :data:`FEW_INPUT_CHANNELS` input channels run as
 :class:`_ConvFewInputs`, whose backward is a GEMM + col2im.
 
+The same records find the chain below a feature layer along which a deconvnet class
+response stays rank one (:meth:`fused_relu_rule.rank_one_chain`, used by
+:mod:`clear_native._rank_one`).
+
 The model is never modified; results equal the plain autograd pass up to rounding.
 """
 from __future__ import annotations
@@ -210,6 +214,36 @@ def _frozen(*tensors) -> bool:
     return all(t is None or not t.requires_grad for t in tensors)
 
 
+def _graph_users(root) -> tuple[set, dict]:
+    """(nodes reachable from the autograd node ``root``, how many edges point at each)."""
+    users: dict = {}
+    seen, stack = {root}, [root]
+    while stack:
+        node = stack.pop()
+        for nxt, _ in node.next_functions:
+            if nxt is None:
+                continue
+            users[nxt] = users.get(nxt, 0) + 1
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen, users
+
+
+@dataclass
+class RankOneChain:
+    """Steps from the feature layer down to a convolution (top first: ``("relu", None)``,
+    ``("scale", (C,))`` for an eval batch norm, ``("matrix", (C_out, C_in))`` for a 1x1
+    convolution), that convolution's weight and geometry, and its input."""
+
+    steps: tuple
+    weight: torch.Tensor
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    conv_input: torch.Tensor
+
+
 class fused_relu_rule(relu_rule):
     """:class:`relu_rule` that also fuses ``conv -> [BN] -> ReLU -> max-pool`` blocks.
 
@@ -335,21 +369,42 @@ class fused_relu_rule(relu_rule):
         self._made.clear()
         if not self.sites or not isinstance(output, torch.Tensor) or output.grad_fn is None:
             return
-        users: dict = {}
-        seen, stack = {output.grad_fn}, [output.grad_fn]
-        while stack:
-            node = stack.pop()
-            for nxt, _ in node.next_functions:
-                if nxt is None:
-                    continue
-                users[nxt] = users.get(nxt, 0) + 1
-                if nxt not in seen:
-                    seen.add(nxt)
-                    stack.append(nxt)
+        seen, users = _graph_users(output.grad_fn)
         for site in self.sites:
             site.fast = site.node in seen and all(users.get(n, 0) == 1 for n in site.chain)
             # The ReLU below feeds only the conv (whose node points at it) and this node.
             site.rectify = site.fast and site.below_node is not None and users.get(site.below_node, 0) == 2
+
+    def rank_one_chain(self, f: torch.Tensor) -> RankOneChain | None:
+        """The chain ``conv -> [BN] -> ReLU [-> 1x1 conv [-> ReLU]]...`` whose output is
+        the feature layer ``f``, where a deconvnet signal stays rank one
+        (:mod:`clear_native._rank_one`); None where ``f`` is not such a chain's output or
+        something else uses its steps. Call before :meth:`finalize` (it drops the records)."""
+        if not isinstance(self.rule, Deconvnet) or not isinstance(f, torch.Tensor) or f.grad_fn is None:
+            return None
+        kinds = ("relu", "scale", "conv")
+        steps, nodes, rec = [], [], self._lookup(f, kinds)
+        while rec is not None:
+            if rec.kind != "conv":  # ReLU / batch norm: the step below is linked (in place too)
+                steps.append(("relu", None) if rec.kind == "relu" else ("scale", rec.scale))
+                nodes.append(rec.nodes[-1])
+                rec = rec.src
+                continue
+            nodes.append(rec.nodes[0])
+            below = self._lookup(rec.conv_input, kinds) if rec.current_input() else None
+            if below is None or tuple(rec.weight.shape[-2:]) != (1, 1) or rec.stride != (1, 1) \
+                    or rec.padding != (0, 0):
+                break
+            steps.append(("matrix", rec.weight[:, :, 0, 0]))  # a 1x1 conv: (C_out, C_in)
+            rec = below
+        if rec is None:
+            return None
+        if not rec.current_input() or not rec.conv_input.requires_grad:
+            return None
+        _, users = _graph_users(f.grad_fn)
+        if any(users.get(n, 0) != 1 for n in nodes[1:]):  # nodes[0] is f's own node
+            return None
+        return RankOneChain(tuple(steps), rec.weight, rec.stride, rec.padding, rec.dilation, rec.conv_input)
 
     def release(self) -> None:
         """Drops the tensors the sites keep (call when the backward passes are done)."""

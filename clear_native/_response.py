@@ -57,6 +57,10 @@ class ResponseSignal:
         self.features = features if to_grid is None else to_grid(features)  # (N, K, h, w)
         self._f = self.features.detach()
         self._y = logits.detach()
+        # Set by the back-projection where the signal stays rank one below f
+        # (clear_native._rank_one); passes counts the backward passes that took it.
+        self.chain = None
+        self.rank_one_passes = 0
 
     @staticmethod
     def make(f: torch.Tensor | None, logits: torch.Tensor, x: torch.Tensor, rectify: bool, where: str, *,
@@ -114,19 +118,32 @@ class ResponseSignal:
         offset = (logit - contrib.sum((2, 3))) / (h * w)
         return contrib + offset[..., None, None]
 
-    def signal(self, grad_out: torch.Tensor, last: bool) -> torch.Tensor:
-        """(B, N, K, h, w): ``g_c * relu(M_c)`` (or ``g_c * M_c``) for the classes of ``grad_out``."""
+    def _parts(self, grad_out: torch.Tensor, last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(g (B, N, K, h, w), relu(M_c) or M_c (B, N, h, w)) for the classes of ``grad_out``."""
         g = self.head_gradient(grad_out, last)
         m = self.class_maps(g, grad_out)
-        if self.rectify:
-            m = m.clamp(min=0)
+        return g, (m.clamp(min=0) if self.rectify else m)
+
+    def signal(self, grad_out: torch.Tensor, last: bool) -> torch.Tensor:
+        """(B, N, K, h, w): ``g_c * relu(M_c)`` (or ``g_c * M_c``) for the classes of ``grad_out``."""
+        g, m = self._parts(grad_out, last)
         return g * m.unsqueeze(2)
 
     def backproject(self, grad_out: torch.Tensor, last: bool) -> torch.Tensor:
         """(B, N, ch, H, W): the input-space maps of the classes of ``grad_out`` (B, N, C)."""
-        s = self.signal(grad_out, last)
+        g, m = self._parts(grad_out, last)
+        start, s = self.features, None
+        if self.chain is not None and self.rectify:
+            from clear_native._rank_one import collapse, head_vector
+
+            a = head_vector(g)
+            if a is not None:
+                start, s = self.chain.conv_input, collapse(self.chain, a, m)
+                self.rank_one_passes += 1
+        if s is None:
+            s = g * m.unsqueeze(2)
         batched = s.shape[0] > 1
-        (grad,) = torch.autograd.grad(self.features, self.x, s if batched else s[0],
+        (grad,) = torch.autograd.grad(start, self.x, s if batched else s[0],
                                       retain_graph=not last, is_grads_batched=batched)
         return grad if batched else grad.unsqueeze(0)
 
