@@ -60,12 +60,16 @@ class Backprojector:
     rule has a kernel (otherwise torch's own nodes everywhere; same maps up to rounding).
     """
 
-    def __init__(self, rule: str | rules.Rule, *, fuse: bool, watch_features: bool = False,
-                 named_layer: bool = False):
+    def __init__(self, rule: str | rules.Rule, *, fuse: bool, rank_one: bool = False,
+                 watch_features: bool = False, named_layer: bool = False):
         self.rule = rules.get(rule)
         self.fused = fuse and self.rule.kernel_id is not None
-        self.mode = (fused_relu_rule if self.fused else relu_rule)(
-            self.rule, watch_features=watch_features, named_layer=named_layer)
+        # The forward records also serve the class response's rank-one chain, on any
+        # device and class chunk (deconvnet only: clear_native._rank_one).
+        self.records = self.fused or (rank_one and isinstance(self.rule, rules.Deconvnet))
+        watch = {"watch_features": watch_features, "named_layer": named_layer}
+        self.mode = (fused_relu_rule(self.rule, blocks=self.fused, **watch) if self.records
+                     else relu_rule(self.rule, **watch))
         self.top: TopShortcut | None = None
         self.routes = Routes()
 
@@ -78,12 +82,12 @@ class Backprojector:
     def rank_one_chain(self, f: torch.Tensor):
         """The feature layer's rank-one chain (:mod:`clear_native._rank_one`) or None;
         before :meth:`choose_routes`."""
-        return self.mode.rank_one_chain(f) if self.fused else None
+        return self.mode.rank_one_chain(f) if self.records else None
 
     def choose_routes(self, output: torch.Tensor) -> None:
         """Fused blocks: their routes from the autograd graph of ``output`` (what is
         back-projected: the logits or the feature layer)."""
-        if self.fused:
+        if self.records:
             self.mode.finalize(output)
             self.routes.fast = [s.fast for s in self.mode.sites]
             self.routes.rectified = [s.rectify for s in self.mode.sites]
@@ -117,7 +121,7 @@ class Backprojector:
 
     def release(self) -> None:
         """Drops the fused sites' tensors and the shortcut's probe (idempotent)."""
-        if self.fused:
+        if self.records:
             self.mode.release()
         if self.top is not None:
             self.top.release()

@@ -248,13 +248,15 @@ class fused_relu_rule(relu_rule):
     """:class:`relu_rule` that also fuses ``conv -> [BN] -> ReLU -> max-pool`` blocks.
 
     Call :meth:`finalize` with the model's output once the forward pass is done;
-    until then (or without it) every block takes the plain route.
+    until then (or without it) every block takes the plain route. ``blocks=False``
+    keeps only the forward records (:meth:`rank_one_chain`): torch's own nodes run.
     """
 
-    def __init__(self, rule: str | Rule, **watch):
+    def __init__(self, rule: str | Rule, *, blocks: bool = True, **watch):
         super().__init__(rule, **watch)
         if self.rule.kernel_id is None:
             raise ValueError(f"fused_relu_rule: the native kernel has no {self.rule.name!r} rule")
+        self.blocks = blocks  # False: only the records (rank_one_chain), no fused blocks
         self._made: dict[int, _Produced] = {}
         self.sites: list[_Site] = []
 
@@ -293,7 +295,8 @@ class fused_relu_rule(relu_rule):
                    and isinstance(weight, torch.Tensor) and weight.dim() == 4
                    and _arg(args, kwargs, 6, "groups", 1) == 1 and None not in geometry
                    and _frozen(weight, bias) and weight.dtype == x.dtype)
-        if fusable and x.device.type == "cpu" and x.shape[1] <= FEW_INPUT_CHANNELS and x.dtype in _DTYPES:
+        if (fusable and self.blocks and x.device.type == "cpu" and x.shape[1] <= FEW_INPUT_CHANNELS
+                and x.dtype in _DTYPES):
             out = _ConvFewInputs.apply(x, weight, bias, *geometry)
         else:
             out = func(*args, **kwargs)
@@ -322,7 +325,7 @@ class fused_relu_rule(relu_rule):
     def _max_pool(self, func, args, kwargs):
         x = _arg(args, kwargs, 0, "input")
         relu = self._lookup(x, ("relu",))
-        fused = self._site(relu, x, args, kwargs) if relu is not None else None
+        fused = self._site(relu, x, args, kwargs) if relu is not None and self.blocks else None
         if fused is None:
             return func(*args, **kwargs)
         site, conv_input, below, kernel, stride, padding, ceil_mode = fused

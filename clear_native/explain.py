@@ -178,10 +178,11 @@ class Clear:
             Memory is O(N H W (1 + class_chunk)) beyond the model's own forward graph.
         interpolation: ``"cam"`` upsampling mode (``"bilinear"`` or ``"nearest"``).
         fuse: CPU, one class per backward pass: back-project conv -> [BN] -> ReLU -> max-pool
-            blocks in one native pass, take the logit's image-independent top layers
-            from one image, and (deconvnet, class response) start below the feature
-            layer's rank-one chain (:mod:`clear_native._rank_one`) (module doc); False:
-            torch's own backward nodes everywhere (same maps up to float rounding).
+            blocks in one native pass and take the logit's image-independent top layers
+            from one image; any device and class chunk: (deconvnet, class response) start
+            below the feature layer's rank-one chain (:mod:`clear_native._rank_one`)
+            (module doc); False: torch's own backward nodes everywhere (same maps up to
+            float rounding).
         image_chunk: CPU back-projection: images per forward + class passes (default: 16,
             up to 64 for small images (64 Ki input pixels per chunk), then 64 once a chunk
             ran through fused blocks, whose kernels split the work by image; measured on
@@ -281,7 +282,8 @@ class Clear:
         fuse = (self.fuse and chunk == 1 and x.device.type == "cpu"
                 and not torch.is_autocast_enabled("cpu"))
         response = self.signal == "response"
-        with Backprojector(self._config.rule, fuse=fuse, watch_features=response,
+        rank_one = self.fuse and response and not torch.is_autocast_enabled(x.device.type)
+        with Backprojector(self._config.rule, fuse=fuse, rank_one=rank_one, watch_features=response,
                            named_layer=self._site.module is not None) as bp, \
                 torch.enable_grad(), _frozen_parameters(self.model):
             source = BackprojectionSource(self._config, bp, x)

@@ -107,11 +107,12 @@ def _models():
     yield "dilated last conv", StridedNet(stride=1, dilation=2).eval(), x
 
 
+@pytest.mark.parametrize("class_chunk", [1, 3], ids=["one class per pass (fused blocks)", "batched passes"])
 @pytest.mark.parametrize("name, model, x", list(_models()), ids=lambda v: v if isinstance(v, str) else "")
-def test_clear_maps_equal_the_dense_pass(name, model, x):
+def test_clear_maps_equal_the_dense_pass(name, model, x, class_chunk):
     """Where the chain is found, every class-response pass starts below it, and the maps
     equal torch's own backward pass from the feature layer (fuse=False)."""
-    fast = clear_native.Clear(model, "deconvnet", class_chunk=1)  # one class per pass: fused
+    fast = clear_native.Clear(model, "deconvnet", class_chunk=class_chunk)
     got = fast(x, keep_class_maps=True)
     assert fast.last_routes.rank_one_passes == len(fast.last_routes.passes) > 0, name
     want = clear_native.Clear(model, "deconvnet", fuse=False)(x, keep_class_maps=True)
