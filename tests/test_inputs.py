@@ -16,6 +16,9 @@ import torch
 
 from clear_native import cli
 from clear_native import io as cio
+from batch_outputs import explain
+from batch_outputs import read_arrays as _arrays
+from batch_outputs import read_table as _table
 from models import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,17 +37,6 @@ def _importable(monkeypatch):
     monkeypatch.syspath_prepend(str(HERE))
 
 
-def explain(*args) -> int:
-    return cli.main(["explain", "--no-progress", *map(str, args)])
-
-
-def _arrays(out) -> dict:
-    g = zarr.open_group(str(Path(out) / "clear.zarr"), mode="r")
-    return {name: g[name][:] for name in g.array_keys()}
-
-
-def _table(out):
-    return pq.read_table(Path(out) / "table.parquet").to_pylist()
 
 
 def _manifest(out):
