@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import needs_cuda
 from models import NUM_CLASSES, make
 
 import clear_native
@@ -166,3 +167,15 @@ def test_chain_found_but_signal_not_rank_one():
     assert explainer.last_routes.rank_one_passes == 0
     want = clear_native.Clear(model, "deconvnet", layer="conv", fuse=False)(x, keep_class_maps=True)
     torch.testing.assert_close(got.class_maps, want.class_maps)
+
+
+@needs_cuda
+def test_cuda_batched_passes_take_it_and_match_cpu():
+    """On CUDA (batched passes, no fused blocks) the rank-one start runs too: same maps as
+    the CPU explainer's."""
+    model, x = make("convgap1x1", n=4, size=12)
+    cpu = clear_native.Clear(model, "deconvnet")(x, keep_class_maps=True)
+    explainer = clear_native.Clear(model.cuda(), "deconvnet")
+    got = explainer(x.cuda(), keep_class_maps=True)
+    assert explainer.last_routes.rank_one_passes == len(explainer.last_routes.passes) > 0
+    torch.testing.assert_close(got.class_maps.cpu(), cpu.class_maps, rtol=1e-4, atol=1e-6)
