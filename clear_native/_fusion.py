@@ -259,6 +259,13 @@ class fused_relu_rule(relu_rule):
         self.blocks = blocks  # False: only the records (rank_one_chain), no fused blocks
         self._made: dict[int, _Produced] = {}
         self.sites: list[_Site] = []
+        self._graph: tuple = (None, set(), {})  # (root, _graph_users(root)), walked once
+
+    def _users(self, root) -> tuple[set, dict]:
+        """_graph_users(root), once per root (rank_one_chain and finalize walk the same graph)."""
+        if self._graph[0] is not root:
+            self._graph = (root, *_graph_users(root))
+        return self._graph[1:]
 
     def _lookup(self, t, kinds) -> _Produced | None:
         if not isinstance(t, torch.Tensor):
@@ -371,8 +378,10 @@ class fused_relu_rule(relu_rule):
         and drops the forward records."""
         self._made.clear()
         if not self.sites or not isinstance(output, torch.Tensor) or output.grad_fn is None:
+            self._graph = (None, set(), {})
             return
-        seen, users = _graph_users(output.grad_fn)
+        seen, users = self._users(output.grad_fn)
+        self._graph = (None, set(), {})  # not needed once the routes are chosen
         for site in self.sites:
             site.fast = site.node in seen and all(users.get(n, 0) == 1 for n in site.chain)
             # The ReLU below feeds only the conv (whose node points at it) and this node.
@@ -404,7 +413,7 @@ class fused_relu_rule(relu_rule):
             return None
         if not rec.current_input() or not rec.conv_input.requires_grad:
             return None
-        _, users = _graph_users(f.grad_fn)
+        _, users = self._users(f.grad_fn)
         if any(users.get(n, 0) != 1 for n in nodes[1:]):  # nodes[0] is f's own node
             return None
         return RankOneChain(tuple(steps), rec.weight, rec.stride, rec.padding, rec.dilation, rec.conv_input)
@@ -415,5 +424,6 @@ class fused_relu_rule(relu_rule):
             site.conv_input = site.below = site.output = site.indices = site.mask = None
             site.node = site.below_node = None
             site.chain = ()
+        self._graph = (None, set(), {})
 
 

@@ -35,6 +35,9 @@ import warnings
 
 import torch
 
+from clear_native._fusion import _PoolBlock
+from clear_native._rank_one import collapse, head_vector
+
 
 class ResponseSignal:
     """Back-projection of the class response from the feature layer to the input.
@@ -134,8 +137,6 @@ class ResponseSignal:
         g, m = self._parts(grad_out, last)
         start, s = self.features, None
         if self.chain is not None and self.rectify:
-            from clear_native._rank_one import collapse, head_vector
-
             a = head_vector(g)
             if a is not None:
                 start, s = self.chain.conv_input, collapse(self.chain, a, m)
@@ -153,8 +154,6 @@ def _bypasses(logits: torch.Tensor, f: torch.Tensor, x: torch.Tensor) -> bool:
     passing through ``f``'s node."""
     if f is x or f.grad_fn is None or logits.grad_fn is None:
         return False
-    from clear_native._fusion import _PoolBlock
-
     stop = f.grad_fn
     seen, stack = {logits.grad_fn}, [logits.grad_fn]
     while stack:

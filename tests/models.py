@@ -13,14 +13,18 @@ ACT_NUM_CLASSES = 4  # ActNet and MixedNet (test_activations.py)
 
 # -- test_explain.py: conv nets with ReLUs -------------------------------------------------
 
+def _features(*more: nn.Module) -> nn.Sequential:
+    """conv/ReLU/max-pool, conv/ReLU (3 -> 6 -> 8 channels), then ``more``."""
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), *more)
+
+
 class GapNet(nn.Module):
     """conv/ReLU/max-pool, GAP + linear head."""
 
     def __init__(self, c=NUM_CLASSES):
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 8, 3, padding=1), nn.ReLU())
+        self.features = _features()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(8, c)
 
@@ -33,10 +37,7 @@ class ConvGapNet(nn.Module):
 
     def __init__(self, c=NUM_CLASSES, k=1):
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(8, c, k, padding=k // 2))
+        self.features = _features(nn.Conv2d(8, c, k, padding=k // 2))
         self.pool = nn.AdaptiveAvgPool2d(1)
 
     def forward(self, x):
@@ -166,9 +167,7 @@ class MLPNet(nn.Module):
 
     def __init__(self, c=NUM_CLASSES):
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 8, 3, padding=1), nn.ReLU())
+        self.features = _features()
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, c))
 
     def forward(self, x):

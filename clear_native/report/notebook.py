@@ -20,7 +20,8 @@ NOTEBOOK_IMAGES = 8
 
 def _shown(maps, max_images: int):
     """The first ``max_images`` images' maps on the CPU, their pictures (k, H, W, 3), the
-    palette and the legend [(class, share of the coloured pixels)]; None when nothing to draw."""
+    palette, the legend [(class, share of the coloured pixels)] and the tiles' display
+    scale; None when nothing to draw."""
     from clear_native.render import render
 
     dc = getattr(maps, "dominant_class", None)
@@ -34,7 +35,7 @@ def _shown(maps, max_images: int):
     pics = render(SimpleNamespace(dominant_class=dc, dominant_response=dr), palette=palette).numpy()
     shares = _palettes.class_shares(dc.reshape(1, -1), palette.shape[0], (dr > 0).reshape(1, -1))[0]
     order = [int(i) for i in torch.argsort(shares, descending=True, stable=True) if shares[i] > 0][:12]
-    return pics, palette, [(i, float(shares[i])) for i in order]
+    return pics, palette, [(i, float(shares[i])) for i in order], _tile_scale(*pics.shape[1:3])
 
 
 def _caption(maps, i: int) -> str:
@@ -69,9 +70,8 @@ def maps_png(maps, max_images: int = NOTEBOOK_IMAGES) -> bytes | None:
     got = _shown(maps, max_images)
     if got is None:
         return None
-    pics, palette, legend = got
+    pics, palette, legend, s = got
     k, h, w = pics.shape[:3]
-    s = _tile_scale(h, w)
     th, tw = max(1, round(h * s)), max(1, round(w * s))
     canvas = Image.new("RGB", (max(k * (tw + 8) + 8, 420), th + 70), "white")
     draw = ImageDraw.Draw(canvas)
@@ -99,9 +99,8 @@ def maps_html(maps, max_images: int = NOTEBOOK_IMAGES) -> str | None:
     got = _shown(maps, max_images)
     if got is None:
         return None
-    pics, palette, legend = got
+    pics, palette, legend, s = got
     k, h, w = pics.shape[:3]
-    s = _tile_scale(h, w)
     figs = []
     for i in range(k):
         buf = _io.BytesIO()
