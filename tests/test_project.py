@@ -175,6 +175,22 @@ def test_pruning_is_exact(kind, mode, align_corners, size):
         torch.testing.assert_close(values[3], want.target_response, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["near_ties", "ramps", "specials", "low_rank"])
+@pytest.mark.parametrize("geometry", [((7, 7), (224, 224)), ((4, 5), (150, 171))], ids=str)
+def test_sub_block_pruning_is_exact(kind, geometry):
+    """Wide cells (32x32 pixels and more): the survivors of each cell are pruned again
+    per block of output pixels (against the blocks' corner pixels, with a wider
+    rounding margin); still bit for bit every class at every pixel, with near-ties a
+    few ulps apart, winners changing inside cells, NaN and infinities."""
+    (h, w), size = geometry
+    maps = low_rank_maps(40, h, w) if kind == "low_rank" else adversarial_maps(kind, c=40, h=h, w=w)
+    for t, flags in ((torch.tensor([3, 39]), (True, True)), (None, (True, False)), (None, (False, True))):
+        full = op(maps, list(size), "bilinear", False, t, runner_up=flags[0], weakest=flags[1], prune=0)
+        got = op(maps, list(size), "bilinear", False, t, runner_up=flags[0], weakest=flags[1], prune=2)
+        for a, b in zip(got, full):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("geometry", GEOMETRIES + [((7, 7), (224, 224))], ids=str)
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("c", [3, 40, 300])

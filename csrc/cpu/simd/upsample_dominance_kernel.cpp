@@ -17,9 +17,13 @@
 //    champion test of the few candidates left against the candidates with the
 //    largest (smallest) corner sums. The survivors are interpolated
 //    horizontally once per cell (r0 = a*w0 + b*w1, r1 = c*w0 + d*w1 over its
-//    columns) and every pixel is r0*l0 + r1*l1 per survivor, in registers,
+//    columns); each block of up to 32 rows x 16 columns prunes the survivors
+//    again against their values at its corner pixels (Worker::sub_prune),
+//    and every pixel is r0*l0 + r1*l1 per block survivor, in registers,
 //    16 pixels at a time, with dominance_update_filled once two survivors
-//    have filled the slots; the output goes out with non-temporal stores.
+//    have filled the slots; the output goes out with non-temporal stores,
+//    plane by plane. The candidate lists are built branch-free (left-packed
+//    class ids, kPackTable), their corners gathered afterwards.
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -46,6 +50,7 @@ namespace {
 using avx2::load8;
 using avx2::set1;
 using avx2::store_slot8;
+using avx2::stream_slots8;
 using avx2::Vec8f;
 #endif
 
@@ -86,16 +91,21 @@ struct Regs8 {
 };
 #endif
 
-// Survivors of one cell: class ids and their 4 corners.
+// Survivors of one cell: class ids and their 4 corners, in class order.
+// Capacity C + 8: the packed vector stores of the pruning write whole
+// vectors of 8 at the end.
 template <typename A>
 struct Survivors {
   std::vector<int32_t> cls;
   std::vector<A> a, b, c, d;
-  void clear() { cls.clear(), a.clear(), b.clear(), c.clear(), d.clear(); }
+  int64_t n = 0;
+  void reserve(int64_t cap) { cls.resize(cap), a.resize(cap), b.resize(cap), c.resize(cap), d.resize(cap); }
+  void clear() { n = 0; }
   void push(int32_t k, A va, A vb, A vc, A vd) {
-    cls.push_back(k), a.push_back(va), b.push_back(vb), c.push_back(vc), d.push_back(vd);
+    cls[n] = k, a[n] = va, b[n] = vb, c[n] = vc, d[n] = vd;
+    ++n;
   }
-  int64_t size() const { return static_cast<int64_t>(cls.size()); }
+  int64_t size() const { return n; }
 };
 
 template <typename A, bool kOrdered, typename I>
@@ -134,16 +144,47 @@ struct Candidates {
   CellCorners<A> corners(int i) const { return corners_of(v0[i], v1[i], v2[i], v3[i]); }
 };
 
+#ifdef CN_HAVE_VEC8
+// Left-packing permutations of 8 lanes: for each 8-bit mask, the lanes of its
+// set bits in order (then lane 0), so that _mm256_permutevar8x32 moves the
+// selected lanes to the front (branch-free compaction of candidate lists).
+struct PackTable {
+  int32_t lanes[256][8];
+  constexpr PackTable() : lanes{} {
+    for (int m = 0; m < 256; ++m) {
+      int k = 0;
+      for (int l = 0; l < 8; ++l)
+        if ((m >> l) & 1) lanes[m][k++] = l;
+    }
+  }
+};
+constexpr PackTable kPackTable{};
+
+CN_INLINE __m256i pack_lanes(unsigned mask) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kPackTable.lanes[mask]));
+}
+// Stores the lanes of v selected by the mask whose pack_lanes are `perm` at
+// dst (writes 8 lanes; those past the selected count are scratch).
+CN_INLINE void pack_store(float* dst, __m256 v, __m256i perm) {
+  _mm256_storeu_ps(dst, _mm256_permutevar8x32_ps(v, perm));
+}
+CN_INLINE void pack_store(int32_t* dst, __m256i v, __m256i perm) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_permutevar8x32_epi32(v, perm));
+}
+#endif
+
 // Champions per cell and slot: a candidate beaten at all 4 corners (by more
 // than the rounding margin) by two champions (one without the runner-up) is
 // skipped for the best / runner-up; one champion below it at all 4 corners
 // skips it for the weakest. More champions prune more, at O(candidates x
-// champions): on the class maps of a pretrained EfficientNet-Lite0 (N=8,
-// C=1000, 7x7), survivors per cell for the best / the weakest went from 25 / 39
-// with the two / one champions of upsample_dominance_element.h to 9 / 9 with 12 / 8 (the
-// candidates: 59 / 96 of the 1000 classes).
-constexpr int kMaxChampions = 12;
-constexpr int kMinChampions = 8;
+// champions); the sub-blocks (Worker::sub_prune) prune the survivors again.
+// On the class maps of a pretrained EfficientNet-Lite0 (N=8, C=1000, 7x7 ->
+// 224x224; 73 / 120 of the 1000 classes pass the interval test per cell),
+// survivors per pixel for the best / the weakest: 12.5 / 12.7 after the cell
+// with 6 / 4 champions, 6.6 / 5.0 after the sub-block (12 / 8 and 8 per
+// sub-block of 16 rows: 10.7 / 10.7, then 4.2 / 2.9, but 5-8% slower).
+constexpr int kMaxChampions = 6;
+constexpr int kMinChampions = 4;
 // Output columns of a cell evaluated together: the survivors' horizontal
 // interpolation over them is computed once per cell, not per row.
 constexpr int64_t kColChunk = 64;
@@ -196,7 +237,15 @@ struct Worker {
         Cp((args.C + 7) / 8 * 8),
         Wp((args.W + 7) / 8 * 8) {
     s.resize(Wp);
-    cmax.reserve(Cp), cmin.reserve(Cp);
+    cmax.reserve(Cp + 8), cmin.reserve(Cp + 8);
+    smax.reserve(Cp + 8), smin.reserve(Cp + 8);
+#ifdef CN_HAVE_VEC8
+    if constexpr (std::is_same_v<A, float>) {
+      sub.reserve(Cp + 8), selmax.resize(Cp + 8), selmin.resize(Cp + 8), sabs.resize(2 * Cp + 16);
+      ident.resize(Cp + 8);
+      for (int64_t k = 0; k < Cp + 8; ++k) ident[k] = static_cast<int32_t>(k);
+    }
+#endif
     const auto addr = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
     stream = ((addr(args.out_values) | addr(args.out_indices)) & 31) == 0 && plane % 8 == 0;
   }
@@ -240,11 +289,46 @@ struct Worker {
     const int k = tn[0] == n && ti[0] == keep ? 1 : 0;
     A* out = trow.data() + k * a.w * Cp;
     const A* src = m + i * a.stride_h;
-    for (int64_t c = 0; c < a.C; ++c)
+    int64_t c = 0;
+#ifdef CN_HAVE_VEC8
+    if constexpr (std::is_same_v<A, float>) {
+      if (a.stride_w == 1 && a.w <= 8) {
+        // 8 classes at a time: their rows (w <= 8 contiguous columns, masked
+        // loads) as an 8x8 block, transposed in registers.
+        const __m256i cols = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(a.w)),
+                                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (; c + 8 <= a.C; c += 8) {
+          __m256 r[8];
+          for (int l = 0; l < 8; ++l) r[l] = _mm256_maskload_ps(src + (c + l) * a.stride_c, cols);
+          transpose8(r);
+          for (int64_t j = 0; j < a.w; ++j) _mm256_storeu_ps(out + j * Cp + c, r[j]);
+        }
+      }
+    }
+#endif
+    for (; c < a.C; ++c)
       for (int64_t j = 0; j < a.w; ++j) out[j * Cp + c] = src[c * a.stride_c + j * a.stride_w];
     tn[k] = n, ti[k] = i;
     return out;
   }
+
+#ifdef CN_HAVE_VEC8
+  // In-register transpose of an 8x8 float block (r[l] holds row l).
+  static CN_INLINE void transpose8(__m256* r) {
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20), r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20), r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31), r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31), r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+  }
+#endif
 
   // Interval-test thresholds over every class of the cell whose corners (per
   // class) are ca, cb, cc, cd: tmax, the second-largest min corner (the
@@ -303,11 +387,40 @@ struct Worker {
   }
 
   // prune_margin(x, y) of upsample_dominance_element.h, 8 lanes.
+  template <int kEps = 16>
   static CN_INLINE __m256 margin8(__m256 x, __m256 y) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     const __m256 sum = _mm256_add_ps(_mm256_andnot_ps(sign, x), _mm256_andnot_ps(sign, y));
-    return _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(16.0f * std::numeric_limits<float>::epsilon()), sum),
+    return _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(kEps * std::numeric_limits<float>::epsilon()), sum),
                          _mm256_set1_ps(std::numeric_limits<float>::min()));
+  }
+#endif
+
+#ifdef CN_HAVE_VEC8
+  // The corners, largest |corner| and corner sum of the candidates whose
+  // class ids are set (Candidates::push's values), 8 at a time.
+  static void gather_corners(Candidates<float>& cd, const float* ca, const float* cb, const float* cc,
+                             const float* cdd) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int i = 0; i < cd.n; i += 8) {
+      const __m256i ids = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&cd.c[i]));
+      const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(cd.n - i), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      const __m256 mask = _mm256_castsi256_ps(live), zero = _mm256_setzero_ps();
+      const __m256 va = _mm256_mask_i32gather_ps(zero, ca, ids, mask, 4),
+                   vb = _mm256_mask_i32gather_ps(zero, cb, ids, mask, 4),
+                   vc = _mm256_mask_i32gather_ps(zero, cc, ids, mask, 4),
+                   vd = _mm256_mask_i32gather_ps(zero, cdd, ids, mask, 4);
+      const __m256 nan = _mm256_or_ps(_mm256_cmp_ps(va, vb, _CMP_UNORD_Q), _mm256_cmp_ps(vc, vd, _CMP_UNORD_Q));
+      const float inf = std::numeric_limits<float>::infinity();
+      const __m256 lo = _mm256_min_ps(_mm256_min_ps(va, vb), _mm256_min_ps(vc, vd));
+      const __m256 hi = _mm256_max_ps(_mm256_max_ps(va, vb), _mm256_max_ps(vc, vd));
+      const __m256 ab = _mm256_blendv_ps(_mm256_max_ps(_mm256_andnot_ps(sign, lo), _mm256_andnot_ps(sign, hi)),
+                                         _mm256_set1_ps(inf), nan);
+      _mm256_storeu_ps(&cd.v0[i], va), _mm256_storeu_ps(&cd.v1[i], vb);
+      _mm256_storeu_ps(&cd.v2[i], vc), _mm256_storeu_ps(&cd.v3[i], vd);
+      _mm256_storeu_ps(&cd.abs[i], ab);
+      _mm256_storeu_ps(&cd.key[i], _mm256_add_ps(_mm256_add_ps(va, vb), _mm256_add_ps(vc, vd)));
+    }
   }
 #endif
 
@@ -330,20 +443,24 @@ struct Worker {
           const __m256 above = _mm256_cmp_ps(lo, _mm256_add_ps(vtmin, margin8(lo, vtmin)), _CMP_GT_OQ);
           keep_min = ~static_cast<unsigned>(_mm256_movemask_ps(above)) & 0xffu;
         }
-        if ((keep_max | keep_min) == 0) continue;
-        // CellCorners::abs: the larger of |lo|, |hi| (infinite for a NaN corner).
-        const __m256 sign = _mm256_set1_ps(-0.0f);
-        alignas(32) float ab[8];
-        _mm256_store_ps(ab, _mm256_max_ps(_mm256_andnot_ps(sign, lo), _mm256_andnot_ps(sign, hi)));
-        for (; keep_max; keep_max &= keep_max - 1) {
-          const int l = __builtin_ctz(keep_max);
-          cmax.push(static_cast<int32_t>(c + l), ca[c + l], cb[c + l], cc[c + l], cd[c + l], ab[l]);
-        }
-        for (; keep_min; keep_min &= keep_min - 1) {
-          const int l = __builtin_ctz(keep_min);
-          cmin.push(static_cast<int32_t>(c + l), ca[c + l], cb[c + l], cc[c + l], cd[c + l], ab[l]);
+        // Branch-free: the selected class ids packed to the end of each list.
+        const __m256i cls = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(c)),
+                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        pack_store(&cmax.c[cmax.n], cls, pack_lanes(keep_max));
+        cmax.n += __builtin_popcount(keep_max);
+        if constexpr (kWeakest) {
+          pack_store(&cmin.c[cmin.n], cls, pack_lanes(keep_min));
+          cmin.n += __builtin_popcount(keep_min);
         }
       }
+      for (; c < a.C; ++c) {
+        const CellCorners<A> x = corners_of(ca[c], cb[c], cc[c], cd[c]);
+        if (!below_everywhere(x.hi, tmax)) cmax.c[cmax.n++] = static_cast<int32_t>(c);
+        if (kWeakest && !above_everywhere(x.lo, tmin)) cmin.c[cmin.n++] = static_cast<int32_t>(c);
+      }
+      gather_corners(cmax, ca, cb, cc, cd);
+      if constexpr (kWeakest) gather_corners(cmin, ca, cb, cc, cd);
+      return;
     }
 #endif
     for (; c < a.C; ++c) {
@@ -358,6 +475,11 @@ struct Worker {
   template <bool kLargest>
   static int champions(const Candidates<A>& cand, int k, int* out) {
     int n = 0;
+    if (cand.size() <= k) {  // every finite one
+      for (int i = 0; i < cand.size(); ++i)
+        if (cand.key[i] - cand.key[i] == A(0)) out[n++] = i;
+      return n;
+    }
     for (int i = 0; i < cand.size(); ++i) {
       const A key = cand.key[i];
       if (!(key - key == A(0))) continue;  // NaN or infinite: never prunes
@@ -423,16 +545,132 @@ struct Worker {
     thresholds(ca, cb, cc, cd, tmax, tmin);
     candidates(ca, cb, cc, cd, tmax, tmin);
     int champ[kMaxChampions];
-    count_beaten<false>(cmax, champ, champions<true>(cmax, kMaxChampions, champ));
-    constexpr int kNeed = kRunnerUp ? 2 : 1;
-    for (int i = 0; i < cmax.size(); ++i)
-      if (beaten[i] < kNeed) smax.push(offset + cmax.c[i], cmax.v0[i], cmax.v1[i], cmax.v2[i], cmax.v3[i]);
-    if constexpr (kWeakest) {
-      count_beaten<true>(cmin, champ, champions<false>(cmin, kMinChampions, champ));
-      for (int i = 0; i < cmin.size(); ++i)
-        if (beaten[i] == 0) smin.push(offset + cmin.c[i], cmin.v0[i], cmin.v1[i], cmin.v2[i], cmin.v3[i]);
+    select_survivors<false, kRunnerUp ? 2 : 1>(cmax, champ, champions<true>(cmax, kMaxChampions, champ), smax);
+    if constexpr (kWeakest)
+      select_survivors<true, 1>(cmin, champ, champions<false>(cmin, kMinChampions, champ), smin);
+  }
+
+  // The candidates that fewer than kNeed of the champions (ch[0, nc)) beat
+  // everywhere in the cell (count_beaten), appended to `out` in class order.
+  template <bool kBelow, int kNeed>
+  void select_survivors(const Candidates<A>& cd, const int* ch, int nc, Survivors<A>& out) {
+    const int32_t offset = static_cast<int32_t>(a.class_offset);
+    const int n = cd.size();
+    int i = 0;
+#ifdef CN_HAVE_VEC8
+    if constexpr (std::is_same_v<A, float>) {
+      // 8 candidates at a time against every champion (count8); the last
+      // vector's lanes past n are masked off.
+      const __m256i vneed = _mm256_set1_epi32(kNeed), voff = _mm256_set1_epi32(offset);
+      for (; i < n; i += 8) {
+        __m256 x0, x1, x2, x3;
+        const __m256i count = count8<kBelow, 16>(cd, i, ch, nc, x0, x1, x2, x3);
+        unsigned keep = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(vneed, count))));
+        if (n - i < 8) keep &= (1u << (n - i)) - 1;
+        if (keep == 0) continue;
+        const __m256i perm = pack_lanes(keep);
+        const int64_t k = out.n;
+        pack_store(&out.cls[k], _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(&cd.c[i])), voff), perm);
+        pack_store(&out.a[k], x0, perm), pack_store(&out.b[k], x1, perm);
+        pack_store(&out.c[k], x2, perm), pack_store(&out.d[k], x3, perm);
+        out.n = k + __builtin_popcount(keep);
+      }
+      return;
+    }
+#endif
+    count_beaten<kBelow>(cd, ch, nc);
+    for (; i < n; ++i)
+      if (beaten[i] < kNeed) out.push(offset + cd.c[i], cd.v0[i], cd.v1[i], cd.v2[i], cd.v3[i]);
+  }
+
+#ifdef CN_HAVE_VEC8
+  // For candidates [i, i + 8): how many of the champions ch[0, nc) are above
+  // them (kBelow: below) at all 4 corners by more than the margin
+  // (count_beaten's test, margin kEps ulps); their corners in x0..x3.
+  template <bool kBelow, int kEps>
+  static CN_INLINE __m256i count8(const Candidates<float>& cd, int i, const int* ch, int nc, __m256& x0,
+                                  __m256& x1, __m256& x2, __m256& x3) {
+    x0 = _mm256_loadu_ps(&cd.v0[i]), x1 = _mm256_loadu_ps(&cd.v1[i]);
+    x2 = _mm256_loadu_ps(&cd.v2[i]), x3 = _mm256_loadu_ps(&cd.v3[i]);
+    const __m256 xa = _mm256_loadu_ps(&cd.abs[i]);
+    __m256i count = _mm256_setzero_si256();
+    for (int j = 0; j < nc; ++j) {
+      const int y = ch[j];
+      const __m256 m = margin8<kEps>(xa, _mm256_set1_ps(cd.abs[y]));
+      auto apart = [&](float yq, __m256 x) {
+        const __m256 vy = _mm256_set1_ps(yq);
+        return _mm256_cmp_ps(kBelow ? _mm256_sub_ps(x, vy) : _mm256_sub_ps(vy, x), m, _CMP_GT_OQ);
+      };
+      const __m256 all4 = _mm256_and_ps(_mm256_and_ps(apart(cd.v0[y], x0), apart(cd.v1[y], x1)),
+                                        _mm256_and_ps(apart(cd.v2[y], x2), apart(cd.v3[y], x3)));
+      count = _mm256_sub_epi32(count, _mm256_castps_si256(all4));
+    }
+    return count;
+  }
+
+  // Sub-blocks of a cell's output (kSubRows rows x 16 columns): the cell's
+  // survivors pruned again against their values at the block's 4 corner pixels.
+  // Within a cell the bilinear weights grow monotonically with the pixel, so
+  // a class's value at an inner pixel is a convex combination of its values
+  // at the block's corners, up to rounding: the cells' tests apply, with the
+  // corner pixels' computed values (the evaluation's own arithmetic) as
+  // corners and a wider margin (kSubEps ulps of the cells' largest |corner|,
+  // against 16 for cells) for the rounding of both the corners and the inner
+  // pixels. A block needs kSubMinPixels pixels and the cell kSubMinSurvivors
+  // survivors to pay for its pruning.
+  static constexpr int64_t kSubRows = 32;
+  static constexpr int kSubEps = 64;
+  static constexpr int kSubChampions = 4;
+  static constexpr int64_t kSubMinSurvivors = 6, kSubMinPixels = 128;
+  Candidates<float> sub;
+  std::vector<int32_t> ident, selmax, selmin;
+  std::vector<float> sabs;  // the survivors' largest |corner| (max list, then min list)
+
+  // Positions (into the list) of the candidates of `sub` that fewer than kNeed
+  // champions beat everywhere, packed into out; returns their count.
+  template <bool kBelow, int kNeed>
+  static int select_positions(const Candidates<float>& cd, const int* ch, int nc, int32_t* out) {
+    const __m256i vneed = _mm256_set1_epi32(kNeed);
+    int k = 0;
+    for (int i = 0; i < cd.n; i += 8) {
+      __m256 x0, x1, x2, x3;
+      const __m256i count = count8<kBelow, kSubEps>(cd, i, ch, nc, x0, x1, x2, x3);
+      unsigned keep = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(vneed, count))));
+      if (cd.n - i < 8) keep &= (1u << (cd.n - i)) - 1;
+      pack_store(out + k, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&cd.c[i])), pack_lanes(keep));
+      k += __builtin_popcount(keep);
+    }
+    return k;
+  }
+
+  // The sub-block's corner values of the ns survivors whose horizontal
+  // interpolations (r0, r1 rows) start at r, as candidates (positions k).
+  void sub_corners(const float* r, int64_t ns, const float* abs, int64_t lenp, int64_t pa, int64_t pe,
+                   float la0, float la1, float lb0, float lb1) {
+    sub.clear();
+    for (int64_t k = 0; k < ns; ++k) {
+      const float* r0 = r + 2 * k * lenp;
+      const float* r1 = r0 + lenp;
+      sub.push(static_cast<int32_t>(k), r0[pa] * la0 + r1[pa] * la1, r0[pe] * la0 + r1[pe] * la1,
+               r0[pa] * lb0 + r1[pa] * lb1, r0[pe] * lb0 + r1[pe] * lb1, abs[k]);
     }
   }
+
+  // Survivors of output rows [y0, y1), columns [pa, pe] of the chunk:
+  // positions into smax (selmax, nx) and smin (selmin, nn).
+  void sub_prune(int64_t y0, int64_t y1, int64_t pa, int64_t pe, int64_t lenp, const float* rmax,
+                 const float* rmin, int64_t& nx, int64_t& nn) {
+    const float la0 = row_l0[y0], la1 = row_l1[y0], lb0 = row_l0[y1 - 1], lb1 = row_l1[y1 - 1];
+    int champ[kSubChampions];
+    sub_corners(rmax, smax.size(), sabs.data(), lenp, pa, pe, la0, la1, lb0, lb1);
+    nx = select_positions<false, kRunnerUp ? 2 : 1>(sub, champ, champions<true>(sub, kSubChampions, champ),
+                                                     selmax.data());
+    if constexpr (kWeakest) {
+      sub_corners(rmin, smin.size(), sabs.data() + smax.size(), lenp, pa, pe, la0, la1, lb0, lb1);
+      nn = select_positions<true, 1>(sub, champ, champions<false>(sub, kSubChampions, champ), selmin.data());
+    }
+  }
+#endif
 
   // Horizontal interpolation of one class over the chunk's columns.
   void interp_row(A va, A vb, A vc, A vd, int64_t lenp, A* r0, A* r1) const {
@@ -467,17 +705,43 @@ struct Worker {
       const A* rmax = rbuf.data();
       const A* rmin = rmax + 2 * nmax * lenp;
       const A* rt = tc >= 0 ? rmin + 2 * nmin * lenp : nullptr;
+#ifdef CN_HAVE_VEC8
+      if constexpr (std::is_same_v<A, float>) {
+        // Blocks of kSubRows rows x 16 columns, their survivors pruned again
+        // (sub_prune) where the cell has enough of them and the block enough pixels.
+        const bool sub_blocks = nmax + nmin >= kSubMinSurvivors &&
+                                std::min<int64_t>(y_end - y_begin, kSubRows) * std::min<int64_t>(len, 16) >= kSubMinPixels;
+        if (sub_blocks) {
+          for (int64_t k = 0; k < nmax; ++k) sabs[k] = corners_of(smax.a[k], smax.b[k], smax.c[k], smax.d[k]).abs();
+          for (int64_t k = 0; k < nmin; ++k)
+            sabs[nmax + k] = corners_of(smin.a[k], smin.b[k], smin.c[k], smin.d[k]).abs();
+        }
+        for (int64_t yb = y_begin; yb < y_end; yb += kSubRows) {
+          const int64_t ye = std::min(yb + kSubRows, y_end);
+          int64_t p = 0;
+          for (; p + 16 <= lenp; p += 16) {
+            const int32_t *kx = ident.data(), *kn = ident.data();
+            int64_t nx = nmax, nn = nmin;
+            if (sub_blocks) {
+              sub_prune(yb, ye, p, std::min<int64_t>(p + 16, len) - 1, lenp, rmax, rmin, nx, nn);
+              kx = selmax.data(), kn = selmin.data();
+            }
+            for (int64_t y = yb; y < ye; ++y)
+              eval_vecs<2>((n * a.H + y) * a.W + xa, p, len, lenp, row_l0[y], row_l1[y], rmax, rmin, rt, kx, nx,
+                           kn, nn);
+          }
+          for (; p + 8 <= lenp; p += 8)
+            for (int64_t y = yb; y < ye; ++y)
+              eval_vecs<1>((n * a.H + y) * a.W + xa, p, len, lenp, row_l0[y], row_l1[y], rmax, rmin, rt,
+                           ident.data(), nmax, ident.data(), nmin);
+        }
+        continue;
+      }
+#endif
       for (int64_t y = y_begin; y < y_end; ++y) {
         const int64_t o = (n * a.H + y) * a.W + xa;
         const A l0 = row_l0[y], l1 = row_l1[y];
-        int64_t p = 0;
-#ifdef CN_HAVE_VEC8
-        if constexpr (std::is_same_v<A, float>) {
-          for (; p + 16 <= lenp; p += 16) eval_vecs<2>(o, p, len, lenp, l0, l1, rmax, rmin, rt);
-          for (; p + 8 <= lenp; p += 8) eval_vecs<1>(o, p, len, lenp, l0, l1, rmax, rmin, rt);
-        }
-#endif
-        for (; p < len; ++p) eval_pixel(o, p, lenp, l0, l1, rmax, rmin, rt);
+        for (int64_t p = 0; p < len; ++p) eval_pixel(o, p, lenp, l0, l1, rmax, rmin, rt);
       }
     }
   }
@@ -534,7 +798,8 @@ struct Worker {
   // below len are stored), float: eval_pixel in registers.
   template <int kV>
   CN_INLINE void eval_vecs(int64_t o, int64_t p, int64_t len, int64_t lenp, float l0, float l1,
-                           const float* rmax, const float* rmin, const float* rt) {
+                           const float* rmax, const float* rmin, const float* rt, const int32_t* kmax,
+                           int64_t nmax, const int32_t* kmin, int64_t nmin) {
     using namespace avx2;
     Vec8f v1[kV], v2[kV], vm[kV];
     Vec8i i1[kV], i2[kV], im[kV];
@@ -560,68 +825,76 @@ struct Worker {
     auto value = [&](const float* rk, int q) {
       return load8(rk + p + 8 * q) * vl0 + load8(rk + lenp + p + 8 * q) * vl1;
     };
-    const int64_t nmax = smax.size();
     int64_t k = 0;
     // Without a state, the first two survivors fill the slots (unless NaN).
     if (kOrdered && sv == nullptr && nmax >= 2) {
       Vec8f x0[kV];
       bool nan = false;
-      for (int q = 0; q < kV; ++q) x0[q] = value(rmax, q), nan = nan || any_nan(x0[q]);
+      for (int q = 0; q < kV; ++q) x0[q] = value(rmax + 2 * kmax[0] * lenp, q), nan = nan || any_nan(x0[q]);
       if (!nan) {
-        const Vec8i c0 = set1(smax.cls[0]), c1 = set1(smax.cls[1]);
+        const Vec8i c0 = set1(smax.cls[kmax[0]]), c1 = set1(smax.cls[kmax[1]]);
         for (int q = 0; q < kV; ++q)
           dominance_first2<kRunnerUp, false>(v1[q], i1[q], v2[q], i2[q], vm[q], im[q], x0[q], c0,
-                                             value(rmax + 2 * lenp, q), c1);
+                                             value(rmax + 2 * kmax[1] * lenp, q), c1);
         k = 2;
       }
     }
     for (const int64_t k0 = sv == nullptr ? std::min<int64_t>(2, nmax) : 0; k < k0; ++k) {
-      const Vec8i c = set1(smax.cls[k]);
+      const Vec8i c = set1(smax.cls[kmax[k]]);
       for (int q = 0; q < kV; ++q)
         dominance_update<kOrdered, kRunnerUp, false>(v1[q], i1[q], v2[q], i2[q], vm[q], im[q],
-                                                     value(rmax + 2 * k * lenp, q), c);
+                                                     value(rmax + 2 * kmax[k] * lenp, q), c);
     }
     bool filled = kOrdered;
     for (int q = 0; q < kV; ++q) filled = filled && !any_nan(kRunnerUp ? v2[q] : v1[q]);
     if (filled) {
       for (; k < nmax; ++k) {
-        const Vec8i c = set1(smax.cls[k]);
+        const Vec8i c = set1(smax.cls[kmax[k]]);
         for (int q = 0; q < kV; ++q)
           dominance_update_filled<kRunnerUp, false>(v1[q], i1[q], v2[q], i2[q], vm[q], im[q],
-                                                    value(rmax + 2 * k * lenp, q), c);
+                                                    value(rmax + 2 * kmax[k] * lenp, q), c);
       }
     } else {
       for (; k < nmax; ++k) {
-        const Vec8i c = set1(smax.cls[k]);
+        const Vec8i c = set1(smax.cls[kmax[k]]);
         for (int q = 0; q < kV; ++q)
           dominance_update<kOrdered, kRunnerUp, false>(v1[q], i1[q], v2[q], i2[q], vm[q], im[q],
-                                                       value(rmax + 2 * k * lenp, q), c);
+                                                       value(rmax + 2 * kmax[k] * lenp, q), c);
       }
     }
     if constexpr (kWeakest) {
-      const int64_t nmin = smin.size();
       k = 0;
       if (kOrdered && sv == nullptr && nmin >= 1) {
         // The first survivor fills the empty slot (a NaN value leaves it empty).
-        for (int q = 0; q < kV; ++q) vm[q] = value(rmin, q), im[q] = set1(smin.cls[0]);
+        for (int q = 0; q < kV; ++q) vm[q] = value(rmin + 2 * kmin[0] * lenp, q), im[q] = set1(smin.cls[kmin[0]]);
         k = 1;
       }
       bool mfilled = kOrdered;
       for (int q = 0; q < kV; ++q) mfilled = mfilled && !any_nan(vm[q]);
       if (mfilled) {
         for (; k < nmin; ++k) {
-          const Vec8i c = set1(smin.cls[k]);
-          for (int q = 0; q < kV; ++q) min_update_filled(vm[q], im[q], value(rmin + 2 * k * lenp, q), c);
+          const Vec8i c = set1(smin.cls[kmin[k]]);
+          for (int q = 0; q < kV; ++q) min_update_filled(vm[q], im[q], value(rmin + 2 * kmin[k] * lenp, q), c);
         }
       } else {
         for (; k < nmin; ++k) {
-          const Vec8i c = set1(smin.cls[k]);
-          for (int q = 0; q < kV; ++q) min_update<Vec8f, kOrdered>(vm[q], im[q], value(rmin + 2 * k * lenp, q), c);
+          const Vec8i c = set1(smin.cls[kmin[k]]);
+          for (int q = 0; q < kV; ++q) min_update<Vec8f, kOrdered>(vm[q], im[q], value(rmin + 2 * kmin[k] * lenp, q), c);
         }
       }
     }
     int64_t* oi = a.out_indices;
     float* tv = ov + kTargetValue * plane + o;
+    if (stream && p + 8 * kV <= len && (o + p) % 8 == 0) {  // whole vectors, plane by plane
+      stream_slots8<kOrdered, kV>(v1, i1, ov + kTop1Value * plane + o + p, oi + kTop1Index * plane + o + p);
+      stream_slots8<kOrdered, kV>(v2, i2, ov + kTop2Value * plane + o + p, oi + kTop2Index * plane + o + p);
+      stream_slots8<kOrdered, kV>(vm, im, ov + kMinValue * plane + o + p, oi + kMinIndex * plane + o + p);
+      for (int q = 0; q < kV; ++q)
+        _mm256_stream_ps(tv + p + 8 * q, rt != nullptr ? value(rt, q).v
+                                         : sv != nullptr ? _mm256_loadu_ps(sv + kTargetValue * plane + o + p + 8 * q)
+                                                         : _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()));
+      return;
+    }
     for (int q = 0; q < kV; ++q) {
       const int64_t pq = p + 8 * q;
       if (pq + 8 <= len && stream && (o + pq) % 8 == 0) {
