@@ -28,8 +28,17 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def run_with_baseline_cpu_build(code: str) -> None:
-    """Runs ``code`` in a fresh interpreter with the scalar (non-AVX2) CPU kernels forced.
+# The CPU kernel bodies below the one this machine runs (clear_native picks the best
+# the CPU has: avx512 > avx2 > default), each checked against it by the tests that
+# take ``body`` from this list: the scalar body always, the AVX2 body on AVX-512 CPUs.
+ACTIVE_CPU_BODY = clear_native.build_info()["cpu_capability"]
+LOWER_CPU_BODIES = ["default"] + (["avx2"] if ACTIVE_CPU_BODY == "avx512" else [])
+
+
+def run_with_baseline_cpu_build(code: str, body: str = "default") -> None:
+    """Runs ``code`` in a fresh interpreter with a lower CPU kernel body forced
+    (``body``: "default", the scalar one, or "avx2"); ``code`` may check it with
+    ``build_info()['cpu_capability']``.
 
     It runs from the tests folder: from the repo root the source tree would shadow the
     installed package. The code must print 'ok' last.
@@ -38,7 +47,7 @@ def run_with_baseline_cpu_build(code: str) -> None:
     import subprocess
     import sys
 
-    env = dict(os.environ, CLEAR_NATIVE_CPU_CAPABILITY="default")
+    env = dict(os.environ, CLEAR_NATIVE_CPU_CAPABILITY=body)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=300, cwd=os.path.dirname(os.path.abspath(__file__)))
     assert out.returncode == 0, out.stderr[-3000:]

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from clear_native import reference
 from clear_native._relu_rules import relu_rule
 from clear_native.deconv import unpool_deconv
-from conftest import DEVICES, HAS_CUDA, run_with_baseline_cpu_build
+from conftest import DEVICES, HAS_CUDA, LOWER_CPU_BODIES, run_with_baseline_cpu_build
 
 RULES = ["deconvnet", "guided", "gradient"]
 # (C_in, C, H, W, kernel, stride, padding, dilation, pool kernel, pool stride, pool padding, ceil)
@@ -181,17 +181,18 @@ def _kernel_cases():
     return out
 
 
-def test_baseline_simd_build_is_bit_identical():
-    """The scalar CPU body gives the AVX2 body's results bit for bit (multiply then add
-    in both, same order)."""
+@pytest.mark.parametrize("body", LOWER_CPU_BODIES)
+def test_baseline_simd_build_is_bit_identical(body):
+    """The scalar CPU body (and the AVX2 one on AVX-512 CPUs) gives the active body's
+    results bit for bit (multiply then add in both, same order)."""
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/baseline.pt"
         run_with_baseline_cpu_build(
             "import torch, clear_native, test_deconv\n"
-            "assert clear_native.build_info()['cpu_capability'] == 'default'\n"
+            f"assert clear_native.build_info()['cpu_capability'] == {body!r}\n"
             f"torch.save(test_deconv._kernel_cases(), {path!r})\n"
-            "print('ok')\n")
+            "print('ok')\n", body)
         for a, b in zip(_kernel_cases(), torch.load(path)):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 

@@ -5,7 +5,7 @@ import torch
 
 import clear_native
 from clear_native import reference
-from conftest import run_with_baseline_cpu_build, DEVICES, FLOAT_DTYPES
+from conftest import LOWER_CPU_BODIES, run_with_baseline_cpu_build, DEVICES, FLOAT_DTYPES
 
 FIELDS = ["dominant_class", "dominant_response", "runner_up_class", "runner_up_response",
           "weakest_class", "weakest_response"]
@@ -345,12 +345,13 @@ def test_result_object_helpers():
     assert d.cpu().dominant_class.device.type == "cpu"
 
 
-def test_baseline_simd_build_matches_reference():
-    """The scalar (non-AVX2) CPU bodies, forced through the environment."""
+@pytest.mark.parametrize("body", LOWER_CPU_BODIES)
+def test_baseline_simd_build_matches_reference(body):
+    """The scalar (and, on AVX-512 CPUs, the AVX2) CPU bodies, forced through the environment."""
     code = (
         "import torch, clear_native\n"
         "from clear_native import reference\n"
-        "assert clear_native.build_info()['cpu_capability'] == 'default'\n"
+        f"assert clear_native.build_info()['cpu_capability'] == {body!r}\n"
         "torch.manual_seed(0)\n"
         "for dt in (torch.float32, torch.float64, torch.float16, torch.bfloat16):\n"
         "    x = torch.randint(0, 4, (2, 19, 9, 37)).to(dt)\n"
@@ -361,7 +362,7 @@ def test_baseline_simd_build_matches_reference():
         "              'weakest_class', 'weakest_response', 'target_response', 'rival_class'):\n"
         "        torch.testing.assert_close(getattr(a, f), getattr(b, f), rtol=0, atol=0, equal_nan=True)\n"
         "print('ok')\n")
-    run_with_baseline_cpu_build(code)
+    run_with_baseline_cpu_build(code, body)
 
 
 # The AVX2 body's fast paths: 16 pixels per step (32 for the dominant class alone),
@@ -446,16 +447,17 @@ def _bits(v):
     return v.view({torch.float64: torch.int64, torch.float32: torch.int32}[v.dtype])
 
 
-def test_baseline_simd_build_is_bit_identical(tmp_path):
-    """The scalar (non-AVX2) body gives the AVX2 body's values bit for bit, signed
-    zeros and NaN included (what assert_close cannot see)."""
+@pytest.mark.parametrize("body", LOWER_CPU_BODIES)
+def test_baseline_simd_build_is_bit_identical(tmp_path, body):
+    """The scalar body (and the AVX2 one on AVX-512 CPUs) gives the active body's
+    values bit for bit, signed zeros and NaN included (what assert_close cannot see)."""
     path = tmp_path / "baseline.pt"
     code = (
         "import torch, clear_native, test_dominance\n"
-        "assert clear_native.build_info()['cpu_capability'] == 'default'\n"
+        f"assert clear_native.build_info()['cpu_capability'] == {body!r}\n"
         f"torch.save(test_dominance._kernel_cases(), {str(path)!r})\n"
         "print('ok')\n")
-    run_with_baseline_cpu_build(code)
+    run_with_baseline_cpu_build(code, body)
     for (v, i), (bv, bi) in zip(_kernel_cases(), torch.load(path)):
         assert torch.equal(_bits(v), _bits(bv)) and torch.equal(i, bi)
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import clear_native
 from clear_native import reference
-from conftest import DEVICES, run_with_baseline_cpu_build
+from conftest import DEVICES, LOWER_CPU_BODIES, run_with_baseline_cpu_build
 
 op = torch.ops.clear_native.upsample_dominance.default
 PLANE_FIELDS = [("dominant_class", "dominant_response"), ("runner_up_class", "runner_up_response")]
@@ -457,16 +457,18 @@ def _kernel_cases():
     return out
 
 
-def test_baseline_simd_build_is_bit_identical(tmp_path):
-    """The scalar (non-AVX2) CPU body gives the AVX2 body's results bit for bit
-    (no FMA contraction anywhere: the same IEEE operations in the same order)."""
+@pytest.mark.parametrize("body", LOWER_CPU_BODIES)
+def test_baseline_simd_build_is_bit_identical(tmp_path, body):
+    """The scalar CPU body (and the AVX2 one on an AVX-512 machine) gives the active
+    body's results bit for bit (no FMA contraction anywhere: the same IEEE operations
+    in the same order, 1, 8 or 16 lanes at a time)."""
     path = tmp_path / "baseline.pt"
     code = (
         "import torch, clear_native, test_project\n"
-        "assert clear_native.build_info()['cpu_capability'] == 'default'\n"
+        f"assert clear_native.build_info()['cpu_capability'] == {body!r}\n"
         f"torch.save(test_project._kernel_cases(), {str(path)!r})\n"
         "print('ok')\n")
-    run_with_baseline_cpu_build(code)
+    run_with_baseline_cpu_build(code, body)
     for (v, i), (bv, bi) in zip(_kernel_cases(), torch.load(path)):
         assert torch.equal(v.view(torch.int32), bv.view(torch.int32))  # bits: signed zeros, NaN
         assert torch.equal(i, bi)

@@ -9,7 +9,7 @@ import torch
 import clear_native
 from clear_native import palettes, reference
 from clear_native.render import colormap, compute_scale
-from conftest import run_with_baseline_cpu_build, DEVICES, FLOAT_DTYPES
+from conftest import LOWER_CPU_BODIES, run_with_baseline_cpu_build, DEVICES, FLOAT_DTYPES
 
 OP = torch.ops.clear_native.render.default
 
@@ -173,13 +173,14 @@ def test_empty_and_odd_sizes():
         assert out.shape == (*shape, 3) and out.dtype == torch.uint8
 
 
-def test_baseline_simd_build_matches_reference():
-    """The non-AVX2 CPU body, forced through the environment."""
+@pytest.mark.parametrize("body", LOWER_CPU_BODIES)
+def test_baseline_simd_build_matches_reference(body):
+    """The scalar (and, on AVX-512 CPUs, the AVX2) CPU body, forced through the environment."""
     code = (
         "import torch, clear_native\n"
         "from clear_native import reference, palettes\n"
         "from clear_native.render import colormap, compute_scale\n"
-        "assert clear_native.build_info()['cpu_capability'] == 'default'\n"
+        f"assert clear_native.build_info()['cpu_capability'] == {body!r}\n"
         "torch.manual_seed(0)\n"
         "cls = torch.randint(-1, 6, (2, 9, 37)); resp = torch.randn(2, 9, 37)\n"
         "img = torch.rand(2, 3, 9, 37); pal = palettes.get_palette(6)\n"
@@ -188,7 +189,7 @@ def test_baseline_simd_build_matches_reference():
         "b = reference.render(cls, resp, s, pal, img)\n"
         "assert (a.int() - b.int()).abs().max() <= 1\n"
         "print('ok')\n")
-    run_with_baseline_cpu_build(code)
+    run_with_baseline_cpu_build(code, body)
 
 
 # --- the comparison views -----------------------------------------------------------

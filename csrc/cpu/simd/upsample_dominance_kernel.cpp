@@ -211,6 +211,7 @@ struct Worker {
   std::vector<A> trow;
   int64_t tn[2] = {-1, -1}, ti[2] = {-1, -1};
   Candidates<A> cmax, cmin;
+  std::vector<float> scores;  // champions(): the candidates' scores
   std::vector<int32_t> beaten;
   std::vector<A> rbuf;
   A w0l[kColChunk], w1l[kColChunk];
@@ -219,6 +220,9 @@ struct Worker {
   // so its cache lines need not be fetched first (1.3-1.4x faster at N=8,
   // C=1000, 7 -> 224). Needs 32-byte aligned planes.
   bool stream = false;
+  // 16-lane (AVX-512) evaluation with 64-byte non-temporal stores: needs
+  // 64-byte aligned planes.
+  bool stream16 = false;
   // Dense rows: two cached horizontally interpolated source rows, (C, Wp) each.
   int64_t Wp;
   std::vector<A> hbuf;
@@ -237,7 +241,8 @@ struct Worker {
         Cp((args.C + 7) / 8 * 8),
         Wp((args.W + 7) / 8 * 8) {
     s.resize(Wp);
-    cmax.reserve(Cp + 8), cmin.reserve(Cp + 8);
+    cmax.reserve(Cp + 16), cmin.reserve(Cp + 16);
+    scores.resize(Cp + 8);
     smax.reserve(Cp + 8), smin.reserve(Cp + 8);
 #ifdef CN_HAVE_VEC8
     if constexpr (std::is_same_v<A, float>) {
@@ -248,6 +253,7 @@ struct Worker {
 #endif
     const auto addr = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
     stream = ((addr(args.out_values) | addr(args.out_indices)) & 31) == 0 && plane % 8 == 0;
+    stream16 = ((addr(args.out_values) | addr(args.out_indices)) & 63) == 0 && plane % 16 == 0;
   }
 
   // Slots of output pixels [o, o + len) from the state, or empty.
@@ -341,6 +347,24 @@ struct Worker {
     if constexpr (std::is_same_v<A, float>) {
       // Per lane, then over the lanes.
       __m256 v1 = _mm256_set1_ps(-inf), v2 = v1, vb = _mm256_set1_ps(inf);
+#ifdef CN_HAVE_VEC16
+      {  // 16 classes at a time, folded into the 8 lanes after
+        __m512 w1 = _mm512_set1_ps(-inf), w2 = w1, wb = _mm512_set1_ps(inf);
+        for (; c + 16 <= a.C; c += 16) {
+          __m512 lo, hi;
+          bounds16(ca + c, cb + c, cc + c, cd + c, lo, hi);
+          w2 = _mm512_max_ps(w2, _mm512_min_ps(w1, lo));
+          w1 = _mm512_max_ps(w1, lo);
+          wb = _mm512_min_ps(wb, hi);
+        }
+        // Lanes l and l + 8: the top two of their four values, the smaller max.
+        const __m256 a1 = _mm512_castps512_ps256(w1), b1 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(w1), 1));
+        const __m256 a2 = _mm512_castps512_ps256(w2), b2 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(w2), 1));
+        v1 = _mm256_max_ps(a1, b1);
+        v2 = _mm256_max_ps(_mm256_min_ps(a1, b1), _mm256_max_ps(a2, b2));
+        vb = _mm256_min_ps(_mm512_castps512_ps256(wb), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(wb), 1)));
+      }
+#endif
       for (; c + 8 <= a.C; c += 8) {
         __m256 lo, hi;
         bounds8(ca + c, cb + c, cc + c, cd + c, lo, hi);
@@ -385,6 +409,24 @@ struct Worker {
     hi = _mm256_blendv_ps(_mm256_max_ps(_mm256_max_ps(va, vb), _mm256_max_ps(vc, vd)),
                           _mm256_set1_ps(inf), nan);
   }
+
+#ifdef CN_HAVE_VEC16
+  // bounds8 and margin8 for 16 classes.
+  static CN_INLINE void bounds16(const float* pa, const float* pb, const float* pc, const float* pd,
+                                 __m512& lo, __m512& hi) {
+    const __m512 va = _mm512_loadu_ps(pa), vb = _mm512_loadu_ps(pb), vc = _mm512_loadu_ps(pc),
+                 vd = _mm512_loadu_ps(pd);
+    const __mmask16 nan = _mm512_cmp_ps_mask(va, vb, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(vc, vd, _CMP_UNORD_Q);
+    const float inf = std::numeric_limits<float>::infinity();
+    lo = _mm512_mask_blend_ps(nan, _mm512_min_ps(_mm512_min_ps(va, vb), _mm512_min_ps(vc, vd)), _mm512_set1_ps(-inf));
+    hi = _mm512_mask_blend_ps(nan, _mm512_max_ps(_mm512_max_ps(va, vb), _mm512_max_ps(vc, vd)), _mm512_set1_ps(inf));
+  }
+  static CN_INLINE __m512 margin16(__m512 x, __m512 y) {
+    const __m512 sum = _mm512_add_ps(_mm512_abs_ps(x), _mm512_abs_ps(y));
+    return _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(16.0f * std::numeric_limits<float>::epsilon()), sum),
+                         _mm512_set1_ps(std::numeric_limits<float>::min()));
+  }
+#endif
 
   // prune_margin(x, y) of upsample_dominance_element.h, 8 lanes.
   template <int kEps = 16>
@@ -433,6 +475,27 @@ struct Worker {
 #ifdef CN_HAVE_VEC8
     if constexpr (std::is_same_v<A, float>) {
       const __m256 vtmax = _mm256_set1_ps(tmax), vtmin = _mm256_set1_ps(tmin);
+#ifdef CN_HAVE_VEC16
+      {  // 16 classes at a time, the class ids compressed into the lists
+        const __m512 wtmax = _mm512_set1_ps(tmax), wtmin = _mm512_set1_ps(tmin);
+        const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for (; c + 16 <= a.C; c += 16) {
+          __m512 lo, hi;
+          bounds16(ca + c, cb + c, cc + c, cd + c, lo, hi);
+          const __mmask16 keep_max = static_cast<__mmask16>(
+              ~_mm512_cmp_ps_mask(hi, _mm512_sub_ps(wtmax, margin16(hi, wtmax)), _CMP_LT_OQ));
+          const __m512i cls = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(c)), lanes);
+          _mm512_storeu_si512(&cmax.c[cmax.n], _mm512_maskz_compress_epi32(keep_max, cls));
+          cmax.n += __builtin_popcount(keep_max);
+          if constexpr (kWeakest) {
+            const __mmask16 keep_min = static_cast<__mmask16>(
+                ~_mm512_cmp_ps_mask(lo, _mm512_add_ps(wtmin, margin16(lo, wtmin)), _CMP_GT_OQ));
+            _mm512_storeu_si512(&cmin.c[cmin.n], _mm512_maskz_compress_epi32(keep_min, cls));
+            cmin.n += __builtin_popcount(keep_min);
+          }
+        }
+      }
+#endif
       for (; c + 8 <= a.C; c += 8) {
         __m256 lo, hi;
         bounds8(ca + c, cb + c, cc + c, cd + c, lo, hi);
@@ -473,13 +536,50 @@ struct Worker {
   // Indices of the (at most) k candidates with the largest (kLargest) or
   // smallest finite corner sums.
   template <bool kLargest>
-  static int champions(const Candidates<A>& cand, int k, int* out) {
+  int champions(const Candidates<A>& cand, int k, int* out) {
     int n = 0;
     if (cand.size() <= k) {  // every finite one
       for (int i = 0; i < cand.size(); ++i)
         if (cand.key[i] - cand.key[i] == A(0)) out[n++] = i;
       return n;
     }
+#ifdef CN_HAVE_VEC8
+    if constexpr (std::is_same_v<A, float>) {
+      // k rounds of a vector arg-max over the scores (the key, negated for the
+      // smallest; -inf for non-finite keys, the lanes past the end and the
+      // champions already taken): no data-dependent branches per candidate.
+      const int m = cand.size();
+      const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+      for (int i = 0; i < m; i += 8) {
+        const __m256 key = _mm256_loadu_ps(&cand.key[i]);
+        const __m256 live = _mm256_and_ps(
+            _mm256_cmp_ps(_mm256_sub_ps(key, key), _mm256_setzero_ps(), _CMP_EQ_OQ),
+            _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(m - i), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))));
+        const __m256 score = kLargest ? key : _mm256_sub_ps(_mm256_setzero_ps(), key);
+        _mm256_storeu_ps(&scores[i], _mm256_blendv_ps(ninf, score, live));
+      }
+      for (; n < k; ++n) {
+        __m256 best = ninf;
+        for (int i = 0; i < m; i += 8) best = _mm256_max_ps(best, _mm256_loadu_ps(&scores[i]));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(best), _mm256_extractf128_ps(best, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        const float top = _mm_cvtss_f32(h);
+        if (!(top > -std::numeric_limits<float>::infinity())) break;
+        const __m256 vtop = _mm256_set1_ps(top);
+        int i = 0;
+        unsigned hit = 0;
+        for (; i < m; i += 8) {
+          hit = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(&scores[i]), vtop, _CMP_EQ_OQ)));
+          if (hit) break;
+        }
+        const int at = i + __builtin_ctz(hit);
+        out[n] = at;
+        scores[at] = -std::numeric_limits<float>::infinity();
+      }
+      return n;
+    }
+#endif
     for (int i = 0; i < cand.size(); ++i) {
       const A key = cand.key[i];
       if (!(key - key == A(0))) continue;  // NaN or infinite: never prunes
@@ -726,9 +826,16 @@ struct Worker {
               sub_prune(yb, ye, p, std::min<int64_t>(p + 16, len) - 1, lenp, rmax, rmin, nx, nn);
               kx = selmax.data(), kn = selmin.data();
             }
-            for (int64_t y = yb; y < ye; ++y)
-              eval_vecs<2>((n * a.H + y) * a.W + xa, p, len, lenp, row_l0[y], row_l1[y], rmax, rmin, rt, kx, nx,
-                           kn, nn);
+            for (int64_t y = yb; y < ye; ++y) {
+              const int64_t o = (n * a.H + y) * a.W + xa;
+#ifdef CN_HAVE_VEC16
+              if (stream16 && p + 16 <= len && (o + p) % 16 == 0) {
+                eval_vec16(o, p, lenp, row_l0[y], row_l1[y], rmax, rmin, rt, kx, nx, kn, nn);
+                continue;
+              }
+#endif
+              eval_vecs<2>(o, p, len, lenp, row_l0[y], row_l1[y], rmax, rmin, rt, kx, nx, kn, nn);
+            }
           }
           for (; p + 8 <= lenp; p += 8)
             for (int64_t y = yb; y < ye; ++y)
@@ -745,6 +852,80 @@ struct Worker {
       }
     }
   }
+
+#ifdef CN_HAVE_VEC16
+  // eval_vecs<2> in 16-lane registers (AVX-512): output pixels [p, p + 16)
+  // of the chunk, all inside it, streamed out whole (stream16, o + p a
+  // multiple of 16). The same operations per lane, so the same bits.
+  CN_INLINE void eval_vec16(int64_t o, int64_t p, int64_t lenp, float l0, float l1, const float* rmax,
+                            const float* rmin, const float* rt, const int32_t* kmax, int64_t nmax,
+                            const int32_t* kmin, int64_t nmin) {
+    using avx512::Vec16f;
+    using avx512::Vec16i;
+    using avx512::load16;
+    using avx512::set1;
+    Vec16f v1, v2, vm;
+    Vec16i i1, i2, im;
+    if (sv == nullptr) {
+      v1 = v2 = set1(empty_value<kOrdered, true, float>());
+      vm = set1(empty_value<kOrdered, false, float>());
+      i1 = i2 = im = set1(kNoClass);
+    } else {
+      alignas(64) float t1[16], t2[16], tm[16];
+      alignas(64) int32_t u1[16], u2[16], um[16];
+      for (int l = 0; l < 16; ++l)
+        load_slots<kOrdered>(sv, a.state_indices, plane, o + p + l, t1[l], u1[l], t2[l], u2[l], tm[l], um[l]);
+      v1 = load16(t1), v2 = load16(t2), vm = load16(tm);
+      i1 = load16(u1), i2 = load16(u2), im = load16(um);
+    }
+    const Vec16f vl0 = set1(l0), vl1 = set1(l1);
+    auto value = [&](const float* rk) { return load16(rk + p) * vl0 + load16(rk + lenp + p) * vl1; };
+    int64_t k = 0;
+    // Without a state, the first two survivors fill the slots (unless NaN).
+    if (kOrdered && sv == nullptr && nmax >= 2) {
+      const Vec16f x0 = value(rmax + 2 * kmax[0] * lenp);
+      if (!any_nan(x0)) {
+        dominance_first2<kRunnerUp, false>(v1, i1, v2, i2, vm, im, x0, set1(smax.cls[kmax[0]]),
+                                           value(rmax + 2 * kmax[1] * lenp), set1(smax.cls[kmax[1]]));
+        k = 2;
+      }
+    }
+    for (const int64_t k0 = sv == nullptr ? std::min<int64_t>(2, nmax) : 0; k < k0; ++k)
+      dominance_update<kOrdered, kRunnerUp, false>(v1, i1, v2, i2, vm, im, value(rmax + 2 * kmax[k] * lenp),
+                                                   set1(smax.cls[kmax[k]]));
+    if (kOrdered && !any_nan(kRunnerUp ? v2 : v1)) {
+      for (; k < nmax; ++k)
+        dominance_update_filled<kRunnerUp, false>(v1, i1, v2, i2, vm, im, value(rmax + 2 * kmax[k] * lenp),
+                                                  set1(smax.cls[kmax[k]]));
+    } else {
+      for (; k < nmax; ++k)
+        dominance_update<kOrdered, kRunnerUp, false>(v1, i1, v2, i2, vm, im, value(rmax + 2 * kmax[k] * lenp),
+                                                     set1(smax.cls[kmax[k]]));
+    }
+    if constexpr (kWeakest) {
+      k = 0;
+      if (kOrdered && sv == nullptr && nmin >= 1) {
+        // The first survivor fills the empty slot (a NaN value leaves it empty).
+        vm = value(rmin + 2 * kmin[0] * lenp), im = set1(smin.cls[kmin[0]]);
+        k = 1;
+      }
+      if (kOrdered && !any_nan(vm)) {
+        for (; k < nmin; ++k) min_update_filled(vm, im, value(rmin + 2 * kmin[k] * lenp), set1(smin.cls[kmin[k]]));
+      } else {
+        for (; k < nmin; ++k)
+          min_update<Vec16f, kOrdered>(vm, im, value(rmin + 2 * kmin[k] * lenp), set1(smin.cls[kmin[k]]));
+      }
+    }
+    int64_t* oi = a.out_indices;
+    avx512::stream_slot16<kOrdered>(v1, i1, ov + kTop1Value * plane + o + p, oi + kTop1Index * plane + o + p);
+    avx512::stream_slot16<kOrdered>(v2, i2, ov + kTop2Value * plane + o + p, oi + kTop2Index * plane + o + p);
+    avx512::stream_slot16<kOrdered>(vm, im, ov + kMinValue * plane + o + p, oi + kMinIndex * plane + o + p);
+    float* tv = ov + kTargetValue * plane + o + p;
+    _mm512_stream_ps(tv, rt != nullptr ? value(rt).v
+                         : sv != nullptr ? _mm512_loadu_ps(sv + kTargetValue * plane + o + p)
+                                         : _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN()));
+  }
+#endif
 
   // One output pixel (column p of the chunk at output index o).
   void eval_pixel(int64_t o, int64_t p, int64_t lenp, A l0, A l1, const A* rmax, const A* rmin,
