@@ -358,11 +358,11 @@ struct Worker {
           wb = _mm512_min_ps(wb, hi);
         }
         // Lanes l and l + 8: the top two of their four values, the smaller max.
-        const __m256 a1 = _mm512_castps512_ps256(w1), b1 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(w1), 1));
-        const __m256 a2 = _mm512_castps512_ps256(w2), b2 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(w2), 1));
+        const __m256 a1 = _mm512_castps512_ps256(w1), b1 = _mm512_extractf32x8_ps(w1, 1);
+        const __m256 a2 = _mm512_castps512_ps256(w2), b2 = _mm512_extractf32x8_ps(w2, 1);
         v1 = _mm256_max_ps(a1, b1);
         v2 = _mm256_max_ps(_mm256_min_ps(a1, b1), _mm256_max_ps(a2, b2));
-        vb = _mm256_min_ps(_mm512_castps512_ps256(wb), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(wb), 1)));
+        vb = _mm256_min_ps(_mm512_castps512_ps256(wb), _mm512_extractf32x8_ps(wb, 1));
       }
 #endif
       for (; c + 8 <= a.C; c += 8) {
