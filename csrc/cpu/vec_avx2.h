@@ -61,6 +61,24 @@ inline void swap_where(Mask8 m, Vec8i& a, Vec8i& b) {
 // True when any lane is NaN.
 inline bool any_nan(Vec8f x) { return _mm256_movemask_ps(_mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q)) != 0; }
 
+// Lane indices of the set bits of an 8-bit mask, packed in bytes (lowest first;
+// lane 0 after them): _mm256_permutevar8x32 with compress_lanes(mask) moves the
+// selected lanes to the front, for branch-free compaction.
+struct CompressTable {
+  uint64_t lanes[256] = {};
+  constexpr CompressTable() {
+    for (int m = 0; m < 256; ++m) {
+      int j = 0;
+      for (int b = 0; b < 8; ++b)
+        if (m >> b & 1) lanes[m] |= static_cast<uint64_t>(b) << (8 * j++);
+    }
+  }
+};
+inline constexpr CompressTable kCompress{};
+inline __m256i compress_lanes(unsigned mask) {
+  return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(kCompress.lanes[mask])));
+}
+
 inline Vec8f set1(float x) { return {_mm256_set1_ps(x)}; }
 inline Vec8i set1(int32_t x) { return {_mm256_set1_epi32(x)}; }
 

@@ -115,20 +115,6 @@ int64_t compact_scalar(const T* __restrict__ grad, const T* __restrict__ pooled,
   return k;
 }
 
-#if defined(CN_HAVE_VEC8)
-// Lane indices of the set bits of an 8-bit mask, packed in bytes (lowest first).
-struct CompressTable {
-  uint64_t lanes[256] = {};
-  constexpr CompressTable() {
-    for (int m = 0; m < 256; ++m) {
-      int j = 0;
-      for (int b = 0; b < 8; ++b)
-        if (m >> b & 1) lanes[m] |= static_cast<uint64_t>(b) << (8 * j++);
-    }
-  }
-};
-inline constexpr CompressTable kCompress{};
-#endif
 
 // compact_scalar over positions [0, P), 8 at a time for float in the AVX2 build
 // (the same selects; the row of a switch from a float reciprocal, fixed as in
@@ -171,7 +157,7 @@ int64_t compact(const T* __restrict__ grad, const T* __restrict__ pooled, const 
       y = _mm256_sub_epi32(_mm256_add_epi32(y, lo), hi);  // lo, hi: -1 where set
       x = _mm256_sub_epi32(_mm256_add_epi32(x, _mm256_and_si256(lo, wo)), _mm256_and_si256(hi, wo));
       const __m256i p = _mm256_add_epi32(_mm256_mullo_epi32(y, ys), _mm256_mullo_epi32(x, xs));
-      const __m256i sel = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(kCompress.lanes[mask])));
+      const __m256i sel = avx2::compress_lanes(static_cast<unsigned>(mask));
       _mm256_storeu_ps(reinterpret_cast<float*>(vals) + k, _mm256_permutevar8x32_ps(v, sel));
       const __m256i pc = _mm256_permutevar8x32_epi32(p, sel);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(pix + k), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(pc)));

@@ -23,7 +23,7 @@
 //    16 pixels at a time, with dominance_update_filled once two survivors
 //    have filled the slots; the output goes out with non-temporal stores,
 //    plane by plane. The candidate lists are built branch-free (left-packed
-//    class ids, kPackTable), their corners gathered afterwards.
+//    class ids, avx2::compress_lanes), their corners gathered afterwards.
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -145,25 +145,7 @@ struct Candidates {
 };
 
 #ifdef CN_HAVE_VEC8
-// Left-packing permutations of 8 lanes: for each 8-bit mask, the lanes of its
-// set bits in order (then lane 0), so that _mm256_permutevar8x32 moves the
-// selected lanes to the front (branch-free compaction of candidate lists).
-struct PackTable {
-  int32_t lanes[256][8];
-  constexpr PackTable() : lanes{} {
-    for (int m = 0; m < 256; ++m) {
-      int k = 0;
-      for (int l = 0; l < 8; ++l)
-        if ((m >> l) & 1) lanes[m][k++] = l;
-    }
-  }
-};
-constexpr PackTable kPackTable{};
-
-CN_INLINE __m256i pack_lanes(unsigned mask) {
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kPackTable.lanes[mask]));
-}
-// Stores the lanes of v selected by the mask whose pack_lanes are `perm` at
+// Stores the lanes of v selected by a mask (`perm`: its avx2::compress_lanes) at
 // dst (writes 8 lanes; those past the selected count are scratch).
 CN_INLINE void pack_store(float* dst, __m256 v, __m256i perm) {
   _mm256_storeu_ps(dst, _mm256_permutevar8x32_ps(v, perm));
@@ -304,10 +286,10 @@ struct Worker {
         const __m256i cols = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(a.w)),
                                                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         for (; c + 8 <= a.C; c += 8) {
-          __m256 r[8];
-          for (int l = 0; l < 8; ++l) r[l] = _mm256_maskload_ps(src + (c + l) * a.stride_c, cols);
-          transpose8(r);
-          for (int64_t j = 0; j < a.w; ++j) _mm256_storeu_ps(out + j * Cp + c, r[j]);
+          Vec8f r[8];
+          for (int l = 0; l < 8; ++l) r[l].v = _mm256_maskload_ps(src + (c + l) * a.stride_c, cols);
+          avx2::transpose8(r);
+          for (int64_t j = 0; j < a.w; ++j) _mm256_storeu_ps(out + j * Cp + c, r[j].v);
         }
       }
     }
@@ -318,23 +300,6 @@ struct Worker {
     return out;
   }
 
-#ifdef CN_HAVE_VEC8
-  // In-register transpose of an 8x8 float block (r[l] holds row l).
-  static CN_INLINE void transpose8(__m256* r) {
-    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20), r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20), r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31), r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31), r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-  }
-#endif
 
   // Interval-test thresholds over every class of the cell whose corners (per
   // class) are ca, cb, cc, cd: tmax, the second-largest min corner (the
@@ -509,10 +474,10 @@ struct Worker {
         // Branch-free: the selected class ids packed to the end of each list.
         const __m256i cls = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(c)),
                                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        pack_store(&cmax.c[cmax.n], cls, pack_lanes(keep_max));
+        pack_store(&cmax.c[cmax.n], cls, avx2::compress_lanes(keep_max));
         cmax.n += __builtin_popcount(keep_max);
         if constexpr (kWeakest) {
-          pack_store(&cmin.c[cmin.n], cls, pack_lanes(keep_min));
+          pack_store(&cmin.c[cmin.n], cls, avx2::compress_lanes(keep_min));
           cmin.n += __builtin_popcount(keep_min);
         }
       }
@@ -668,7 +633,7 @@ struct Worker {
         unsigned keep = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(vneed, count))));
         if (n - i < 8) keep &= (1u << (n - i)) - 1;
         if (keep == 0) continue;
-        const __m256i perm = pack_lanes(keep);
+        const __m256i perm = avx2::compress_lanes(keep);
         const int64_t k = out.n;
         pack_store(&out.cls[k], _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(&cd.c[i])), voff), perm);
         pack_store(&out.a[k], x0, perm), pack_store(&out.b[k], x1, perm);
@@ -737,7 +702,8 @@ struct Worker {
       const __m256i count = count8<kBelow, kSubEps>(cd, i, ch, nc, x0, x1, x2, x3);
       unsigned keep = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(vneed, count))));
       if (cd.n - i < 8) keep &= (1u << (cd.n - i)) - 1;
-      pack_store(out + k, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&cd.c[i])), pack_lanes(keep));
+      pack_store(out + k, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&cd.c[i])),
+                 avx2::compress_lanes(keep));
       k += __builtin_popcount(keep);
     }
     return k;
