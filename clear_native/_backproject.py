@@ -23,6 +23,23 @@ from clear_native._response import ResponseSignal
 from clear_native._top_shortcut import TopShortcut
 
 CHANNEL_REDUCE = ("sum", "max_abs", "l2")
+CLASS_SCALES = ("evidence", "raw")
+
+
+def scale_to_evidence(maps: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """Class maps (B, N, H, W) rescaled so that each map's positive mass (its sum of
+    positive pixels, NaN ignored) equals the class's evidence ``mass`` (B, N).
+
+    A back-projected map's magnitude follows the gain of its class's weights through the
+    network, not its evidence; this puts every class on the scale of its rectified
+    response ``sum_ij relu(M_c)`` (the mass that LRP's conservation gives by
+    construction), so that the argmax over classes compares evidence. A map with no
+    positive pixel keeps its values; a class with no evidence gets a zero map.
+    """
+    positive = torch.nansum(maps.clamp(min=0), (2, 3))
+    factor = torch.where(positive > 0, mass.to(maps.dtype) / positive.clamp(min=torch.finfo(maps.dtype).tiny),
+                         (mass > 0).to(maps.dtype))
+    return maps * factor[..., None, None]
 
 
 def reduce_channels(maps: torch.Tensor, rule: str, dim: int) -> torch.Tensor:
@@ -139,6 +156,7 @@ class BackprojectionConfig:
     channel_reduce: str
     site: object        # clear_native._tokens.FeatureSite
     who: str            # the explainer's repr, for messages
+    class_scale: str = "raw"  # "evidence" (scale_to_evidence) or "raw"
     warned: list = field(default_factory=lambda: [False])  # the unruled warning, once
 
 
@@ -186,9 +204,14 @@ class BackprojectionSource:
             self.bp.routes.passes.append(ids.shape[1])
             grad = self.response.backproject(grad_out, last)
             self.bp.routes.rank_one_passes = self.response.rank_one_passes
+            mass = self.response.last_mass
         else:
             grad = self.bp.logit_grad(self.logits, self.x, grad_out, int(ids[0, 0]), last)
-        return reduce_channels(grad, self.cfg.channel_reduce, 2).transpose(0, 1)
+            mass = (grad_out * self.logits.detach().unsqueeze(0)).sum(2).clamp(min=0)  # relu(y_c)
+        maps = reduce_channels(grad, self.cfg.channel_reduce, 2)
+        if self.cfg.class_scale == "evidence":
+            maps = scale_to_evidence(maps, mass)
+        return maps.transpose(0, 1)
 
 
 def check_logits(logits, images) -> None:

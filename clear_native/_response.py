@@ -64,6 +64,7 @@ class ResponseSignal:
         # (clear_native._rank_one); passes counts the backward passes that took it.
         self.chain = None
         self.rank_one_passes = 0
+        self.last_mass: torch.Tensor | None = None  # (B, N) of the last backproject()
 
     @staticmethod
     def make(f: torch.Tensor | None, logits: torch.Tensor, x: torch.Tensor, rectify: bool, where: str, *,
@@ -143,6 +144,8 @@ class ResponseSignal:
                 self.rank_one_passes += 1
         if s is None:
             s = g * m.unsqueeze(2)
+        # The class's rectified evidence sum_ij relu(M_c) (B, N): the scale of its map.
+        self.last_mass = m.clamp(min=0).sum((2, 3))
         batched = s.shape[0] > 1
         (grad,) = torch.autograd.grad(start, self.x, s if batched else s[0],
                                       retain_graph=not last, is_grads_batched=batched)

@@ -58,7 +58,7 @@ import torch
 import torch.nn as nn
 
 from clear_native import rules
-from clear_native._backproject import (CHANNEL_REDUCE, BackprojectionConfig, BackprojectionSource,
+from clear_native._backproject import (CHANNEL_REDUCE, CLASS_SCALES, BackprojectionConfig, BackprojectionSource,
                                        Backprojector, Routes)
 from clear_native._cam import LinearCam, Upsampled, cam_source
 from clear_native._result import ClearMaps, as_target, cat_maps, check_target, class_table, result
@@ -183,6 +183,14 @@ class Clear:
             below the feature layer's rank-one chain (:mod:`clear_native._rank_one`)
             (module doc); False: torch's own backward nodes everywhere (same maps up to
             float rounding).
+        class_scale: back-projection methods: ``"evidence"`` rescales each class's map so
+            that its positive mass equals the class's rectified evidence ``sum_ij
+            relu(M_c)`` (``relu(y_c)`` with ``signal="logit"``): a back-projected map's
+            magnitude otherwise follows its class weights' gain through the network, and
+            the argmax over classes is decided by that gain rather than by evidence
+            (LRP conserves this mass by construction; cam's maps are ``M_c`` itself).
+            ``"raw"``: the maps as projected. Default (None): ``"raw"`` for deconvnet
+            (the paper's method exactly), ``"evidence"`` for the other rules.
         image_chunk: CPU back-projection: images per forward + class passes (default: 16,
             up to 64 for small images (64 Ki input pixels per chunk), then 64 once a chunk
             ran through fused blocks, whose kernels split the work by image; measured on
@@ -196,7 +204,7 @@ class Clear:
     def __init__(self, model: nn.Module, method: str = "deconvnet", *, signal: str | None = None,
                  rectify: bool = True, layer: str | None = None, channel_reduce: str | None = None,
                  class_chunk: int | None = None, interpolation: str = "bilinear", reshape=None,
-                 fuse: bool = True, image_chunk: int | None = None):
+                 fuse: bool = True, image_chunk: int | None = None, class_scale: str | None = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"Clear: model must be a torch.nn.Module, got {type(model).__name__}")
         if method not in methods():
@@ -205,6 +213,7 @@ class Clear:
         if channel_reduce is None:
             channel_reduce = rule.default_channel_reduce if rule else "sum"
         signal = _check_options(method, rule, signal, channel_reduce, interpolation, layer, reshape)
+        class_scale = _check_class_scale(rule, class_scale)
         _check_chunk(class_chunk)
         _check_chunk(image_chunk, "image_chunk")
         for arg, value in (("rectify", rectify), ("fuse", fuse)):
@@ -213,10 +222,11 @@ class Clear:
         self.model, self.method, self.signal, self.rectify = model, method, signal, rectify
         self.channel_reduce, self.class_chunk, self.interpolation = channel_reduce, class_chunk, interpolation
         self.layer, self.reshape, self.fuse, self.image_chunk = layer, reshape, fuse, image_chunk
+        self.class_scale = class_scale
         self._site = FeatureSite.of(model, _named_module(model, layer) if layer is not None else None,
                                     layer, reshape)
         self._config = None if rule is None else BackprojectionConfig(
-            model, rule, signal, rectify, channel_reduce, self._site, repr(self))
+            model, rule, signal, rectify, channel_reduce, self._site, repr(self), class_scale)
         # How the last call got its class maps, and what its back-projection ran.
         self.last_source: str | None = None
         self.last_routes: Routes | None = None
@@ -374,6 +384,19 @@ def _check_options(method, rule, signal, channel_reduce, interpolation, layer, r
             raise ValueError(f"Clear: {arg}= names the feature layer of method='cam' or "
                              f"signal='response', got method={method!r}, signal={signal!r}")
     return signal
+
+
+def _check_class_scale(rule, class_scale) -> str | None:
+    """The checked class scale (the rule's default where None; None for cam)."""
+    if rule is None:
+        if class_scale is not None:
+            raise ValueError("Clear: class_scale= applies to the back-projection methods "
+                             f"{rules.names()}; method='cam' maps are the class maps themselves")
+        return None
+    class_scale = rule.default_class_scale if class_scale is None else class_scale
+    if class_scale not in CLASS_SCALES:
+        raise ValueError(f"Clear: class_scale must be one of {CLASS_SCALES}, got {class_scale!r}")
+    return class_scale
 
 
 def _check_images(images) -> None:

@@ -43,6 +43,8 @@ class Rule:
     plain: ClassVar[bool] = False
     default_signal: ClassVar[str] = "response"
     default_channel_reduce: ClassVar[str] = "sum"
+    # How class maps are put on one scale (clear_native.Clear's class_scale).
+    default_class_scale: ClassVar[str] = "evidence"
 
     def relu(self, grad: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The signal below a ReLU, given the signal above it and the bool mask ``x > 0``
@@ -114,6 +116,7 @@ class Deconvnet(Rule):
     kernel_id = 1
     reads_activation = False
     default_channel_reduce = "max_abs"
+    default_class_scale = "raw"  # the paper's method exactly
 
     def relu(self, grad, mask):
         return grad.clamp(min=0)

@@ -28,6 +28,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def raw_class_scale(monkeypatch):
+    """Every rule's maps as projected (``class_scale="raw"`` by default) for a module's
+    tests (``pytestmark = pytest.mark.usefixtures("raw_class_scale")``): those modules
+    check the back-projection itself against slow loops written without the evidence
+    scale, which tests/test_class_scale.py checks on its own."""
+    from clear_native import rules
+    monkeypatch.setattr(rules.Rule, "default_class_scale", "raw")
+
+
 # The CPU kernel bodies below the one this machine runs (clear_native picks the best
 # the CPU has: avx512 > avx2 > default), each checked against it by the tests that
 # take ``body`` from this list: the scalar body always, the AVX2 body on AVX-512 CPUs.

@@ -18,7 +18,7 @@ from clear_native import _fusion
 from clear_native._relu_rules import relu_rule
 from models import ACT_NUM_CLASSES as NUM_CLASSES, ActNet, MixedNet
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "raw_class_scale")
 
 BACKPROP = ["deconvnet", "guided", "gradient"]
 CLIP = 1.0  # upper bound of the clipped forms

@@ -18,7 +18,7 @@ from models import (NUM_CLASSES, ChannelsLastNet, FlattenNet, GapNet, LayerNormH
                     Relu6Net, TanhAfterPool, TinyViT, make)
 from reference_rules import HookedReLU
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "raw_class_scale")
 
 FIELDS = ["dominant_class", "dominant_response", "runner_up_class", "runner_up_response",
           "weakest_class", "weakest_response", "target_response", "rival_class", "rival_response"]

@@ -11,6 +11,8 @@ import clear_native
 from clear_native._fusion import RankOneChain
 from clear_native._rank_one import collapse, head_vector
 
+pytestmark = pytest.mark.usefixtures("raw_class_scale")  # slow loops: the maps as projected
+
 # (kh, kw, stride, padding, dilation, h, w): the conv's output size is derived.
 GEOMETRIES = [
     (3, 3, (1, 1), (1, 1), (1, 1), 7, 7),

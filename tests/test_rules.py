@@ -8,6 +8,8 @@ from clear_native import rules
 from clear_native.deconv import kernel_rules, unpool_deconv
 from clear_native.explain import methods
 
+pytestmark = pytest.mark.usefixtures("raw_class_scale")  # slow loops: the maps as projected
+
 
 class PoolNet(nn.Module):
     """conv / ReLU / max-pool twice, GAP + linear; the activation is a module attribute
