@@ -158,6 +158,7 @@ class BackprojectionConfig:
     who: str            # the explainer's repr, for messages
     class_scale: str = "raw"  # "evidence" (scale_to_evidence) or "raw"
     warned: list = field(default_factory=lambda: [False])  # the unruled warning, once
+    fixed_warned: list = field(default_factory=lambda: [False])  # warn_input_independent, once
 
 
 class BackprojectionSource:
@@ -191,7 +192,10 @@ class BackprojectionSource:
             self.description = "gradient of the class logit"
         if response and cfg.rectify and self.response.to_grid is None:
             self.response.chain = bp.rank_one_chain(self.response.node)
-        bp.choose_routes(self.response.features if response else logits)
+        start = self.response.features if response else logits
+        if not cfg.rule.reads_activation and not cfg.fixed_warned[0]:
+            warn_input_independent(cfg, start, self.x)
+        bp.choose_routes(start)
         self.logits = logits
         return logits.detach()
 
@@ -227,6 +231,62 @@ def feature_layer(site, mode, size, who: str) -> tuple[torch.Tensor | None, obje
     if f is None:
         return None, None, ""
     return (f, *site.grid(f, size, who))
+
+
+# Backward nodes whose signal depends on the forward pass's values even under a rule that
+# ignores the activations: max-pool switches (torch's and the fused blocks'), normalisations
+# by the input's own statistics, unruled nonlinearities; and products of two tensors that
+# both depend on the image (attention, gates), whose backward multiplies by the other one.
+_READING_NODES = ("MaxPool", "MaxUnpool", "PoolBlock", "Softmax", "LayerNorm", "GroupNorm", "Sigmoid",
+                  "Tanh", "Exp", "Log", "Pow", "Sqrt", "Rsqrt")
+_PRODUCT_NODES = ("Mul", "Div", "Bmm", "Mm", "Matmul", "Baddbmm", "Addmm", "Einsum")
+
+
+def _reads_forward(node) -> bool:
+    name = type(node).__name__
+    if any(key in name for key in _READING_NODES):
+        return True
+    return (any(name.startswith(key) for key in _PRODUCT_NODES)
+            and sum(nxt is not None for nxt, _ in node.next_functions) >= 2)
+
+
+def switches_below(start: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether the autograd graph from ``start`` down to the input ``x`` holds a node whose
+    backward depends on the image under a rule that ignores the activations (a max-pool
+    switch, a normalisation, a product of two image-dependent tensors; ``_READING_NODES``).
+    Parameters are frozen during the back-projection, so a layer's weights add no edge."""
+    seen, stack = set(), [start.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if _reads_forward(node):
+            return True
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return False
+
+
+def warn_input_independent(cfg: BackprojectionConfig, start: torch.Tensor, x: torch.Tensor) -> None:
+    """Warns once per explainer where a rule that ignores the forward activations meets no
+    max-pool switch (nor another node that reads the image) below ``start``: the maps'
+    detail is then the same for every image."""
+    cfg.fixed_warned[0] = True
+    if switches_below(start, x):
+        return
+    response = cfg.signal == "response"
+    varies = ("only the class response on the feature layer's grid depends on the image"
+              if response else "nothing in them depends on the image")
+    warnings.warn(
+        f"Clear(method={cfg.rule.name!r}) on {type(cfg.model).__name__}: the rule ignores the forward "
+        f"activations and no max-pool switch lies between the input and the {'feature layer' if response else 'logits'}, so the "
+        f"maps' detail is the same for every image ({varies}; it fails the data-randomisation sanity "
+        f"check). Maps that follow the image: {_image_dependent_methods()}", UserWarning, stacklevel=5)
+
+
+def _image_dependent_methods() -> str:
+    names = [n for n in rules.names() if rules.get(n).reads_activation]
+    return ", ".join(f"method={n!r}" for n in [*names, "cam"])
 
 
 def warn_unruled(rule: rules.Rule, mode, model, warned: list) -> None:

@@ -28,6 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import clear_native
+
+pytestmark = pytest.mark.usefixtures("raw_class_scale")  # per-class loops: the maps as projected
 from clear_native import explain as explain_mod
 from clear_native import reference
 from clear_native._relu_rules import relu_rule

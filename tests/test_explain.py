@@ -347,6 +347,35 @@ def test_rule_that_finds_no_activation_warns_once():
         clear_native.Clear(model, "gradient")(x)  # nothing to warn about
 
 
+class NoPoolNet(nn.Module):
+    """conv/ReLU/conv/ReLU, GAP + linear: no max-pool anywhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.fc = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=1), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c2(torch.relu(self.c1(x)))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("signal", ["response", "logit"])
+def test_deconvnet_without_switches_warns_once_that_its_detail_is_fixed(signal):
+    import warnings
+    model, x = NoPoolNet().eval(), torch.randn(3, 3, 10, 10)
+    explainer = clear_native.Clear(model, "deconvnet", signal=signal)
+    with pytest.warns(UserWarning, match=r"no max-pool switch.*same for every image"):
+        maps = explainer(x, keep_class_maps=True).class_maps
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explainer(x)  # once per explainer
+        clear_native.Clear(GapNet().eval(), "deconvnet", signal=signal)(x)  # switches: no warning
+        clear_native.Clear(model, "guided", signal=signal)(x)               # reads the activations
+    other = explainer(torch.randn(3, 3, 10, 10), keep_class_maps=True).class_maps
+    if signal == "logit":  # what the warning says: the maps do not depend on the image at all
+        torch.testing.assert_close(other, maps.expand_as(other))
+        torch.testing.assert_close(maps, maps[:1].expand_as(maps))
+
+
 def test_deconvnet_rule_differs_from_gradient():
     model, x = make("gap")
     maps = {m: clear_native.Clear(model, m)(x, keep_class_maps=True).class_maps for m in BACKPROP}
