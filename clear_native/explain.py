@@ -58,9 +58,13 @@ import torch
 import torch.nn as nn
 
 from clear_native import rules
-from clear_native._backproject import (CHANNEL_REDUCE, CLASS_SCALES, BackprojectionConfig, BackprojectionSource,
+from clear_native._backproject import (CHANNEL_REDUCE, BackprojectionConfig, BackprojectionSource,
                                        Backprojector, Routes)
 from clear_native._cam import LinearCam, Upsampled, cam_source
+from clear_native._lrp import LRP_CLASS_CHUNK, LrpConfig, LrpSource
+from clear_native._options import (SIGNALS, check_chunk as _check_chunk, check_class_scale as _check_class_scale,
+                                   check_images as _check_images, check_options as _check_options,
+                                   named_module as _named_module)
 from clear_native._result import ClearMaps, as_target, cat_maps, check_target, class_table, result
 from clear_native._tokens import FeatureSite
 from clear_native.dominance import dominance
@@ -68,7 +72,6 @@ from clear_native.project import project_dominance
 
 __all__ = ["Clear", "ClearMaps", "METHODS", "SIGNALS", "CHANNEL_REDUCE", "default_class_chunk"]
 
-SIGNALS = ("response", "logit")
 DEFAULT_CLASS_CHUNK = 16  # back-projection methods: classes per batched backward pass
 # CPU back-projection: images per forward + class passes (Clear's image_chunk). Small
 # images start with larger chunks: up to CPU_CHUNK_PIXELS input pixels (H W) per chunk,
@@ -91,8 +94,9 @@ def first_image_chunk(images: torch.Tensor) -> int:
 
 
 def methods() -> tuple[str, ...]:
-    """The method names: the registered rules (:mod:`clear_native.rules`) and ``"cam"``."""
-    return (*rules.names(), "cam")
+    """The method names: the registered rules (:mod:`clear_native.rules`), ``"cam"`` and
+    ``"lrp"`` (:mod:`clear_native._lrp`)."""
+    return (*rules.names(), "cam", "lrp")
 
 
 METHODS = methods()  # at import; rules registered later are in methods()
@@ -209,16 +213,19 @@ class Clear:
             raise TypeError(f"Clear: model must be a torch.nn.Module, got {type(model).__name__}")
         if method not in methods():
             raise ValueError(f"Clear: method must be one of {methods()}, got {method!r}")
-        rule = None if method == "cam" else rules.get(method)
+        rule = None if method in ("cam", "lrp") else rules.get(method)
         if channel_reduce is None:
             channel_reduce = rule.default_channel_reduce if rule else "sum"
         signal = _check_options(method, rule, signal, channel_reduce, interpolation, layer, reshape)
-        class_scale = _check_class_scale(rule, class_scale)
+        class_scale = _check_class_scale(method, rule, class_scale)
         _check_chunk(class_chunk)
         _check_chunk(image_chunk, "image_chunk")
         for arg, value in (("rectify", rectify), ("fuse", fuse)):
             if not isinstance(value, bool):
                 raise TypeError(f"Clear: {arg} must be a bool, got {type(value).__name__}")
+        if method == "lrp" and not rectify:
+            raise ValueError("Clear(method='lrp') supports the rectified response only (rectify=True): "
+                             "its relevance starts from relu(M_c), the class's positive evidence")
         self.model, self.method, self.signal, self.rectify = model, method, signal, rectify
         self.channel_reduce, self.class_chunk, self.interpolation = channel_reduce, class_chunk, interpolation
         self.layer, self.reshape, self.fuse, self.image_chunk = layer, reshape, fuse, image_chunk
@@ -227,6 +234,7 @@ class Clear:
                                     layer, reshape)
         self._config = None if rule is None else BackprojectionConfig(
             model, rule, signal, rectify, channel_reduce, self._site, repr(self), class_scale)
+        self._lrp = LrpConfig(model, signal, channel_reduce, self._site, repr(self)) if method == "lrp" else None
         # How the last call got its class maps, and what its back-projection ran.
         self.last_source: str | None = None
         self.last_routes: Routes | None = None
@@ -285,6 +293,8 @@ class Clear:
         return cat_maps(parts)
 
     def _backproject_batch(self, images, target, classes, keep, chunk) -> tuple[ClearMaps, bool]:
+        if self.method == "lrp":
+            return self._lrp_batch(images, target, classes, keep, chunk)
         x = images.detach().clone().requires_grad_(True)
         chunk = chunk or default_class_chunk(x.device, x.shape[0])
         # One class per backward pass on CPU: the fused blocks (batched passes keep torch's
@@ -308,6 +318,23 @@ class Clear:
         maps = result(state, table, target, prediction, logits, self.method, classes, kept, logits.shape[1])
         maps.signal = self.signal
         return maps, bp.any_fused
+
+    def _lrp_batch(self, images, target, classes, keep, chunk) -> tuple[ClearMaps, bool]:
+        """``method="lrp"``: :class:`clear_native._lrp.LrpSource` through the class-chunk loop."""
+        source = LrpSource(self._lrp, images.detach().clone().requires_grad_(True))
+        try:
+            with torch.enable_grad(), _frozen_parameters(self.model):
+                logits = source.forward(images)
+                prediction = logits.argmax(1)
+                target = check_target(target, *logits.shape, images.device, prediction)
+                table, local_target, pad = class_table(classes, logits, target)
+                state, kept = _stream(source, table, local_target, pad, target, keep, chunk or LRP_CLASS_CHUNK)
+        finally:
+            source.release()
+        self.last_source, self.last_routes = source.description, Routes(passes=source.passes)
+        maps = result(state, table, target, prediction, logits, self.method, classes, kept, logits.shape[1])
+        maps.signal = self.signal
+        return maps, False
 
     # -- cam --------------------------------------------------------------------------
 
@@ -361,65 +388,6 @@ def _project_linear(source: LinearCam, table, classes, size, mode, local_target,
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-def _check_options(method, rule, signal, channel_reduce, interpolation, layer, reshape) -> str | None:
-    """The checked signal (the rule's default where None; None for cam)."""
-    if channel_reduce not in CHANNEL_REDUCE:
-        raise ValueError(f"Clear: channel_reduce must be one of {CHANNEL_REDUCE}, got {channel_reduce!r}")
-    if interpolation not in ("bilinear", "nearest"):
-        raise ValueError(f"Clear: interpolation must be 'bilinear' or 'nearest', got {interpolation!r}")
-    if reshape is not None and not callable(reshape):
-        raise TypeError(f"Clear: reshape must be a callable (N, ...) -> (N, D, h, w), got "
-                        f"{type(reshape).__name__}")
-    if rule is None:
-        if signal is not None:
-            raise ValueError("Clear: signal= applies to the back-projection methods "
-                             f"{rules.names()}; method='cam' projects its class maps directly")
-        return None
-    signal = rule.default_signal if signal is None else signal
-    if signal not in SIGNALS:
-        raise ValueError(f"Clear: signal must be one of {SIGNALS}, got {signal!r}")
-    for arg, value in (("layer", layer), ("reshape", reshape)):
-        if value is not None and signal != "response":
-            raise ValueError(f"Clear: {arg}= names the feature layer of method='cam' or "
-                             f"signal='response', got method={method!r}, signal={signal!r}")
-    return signal
-
-
-def _check_class_scale(rule, class_scale) -> str | None:
-    """The checked class scale (the rule's default where None; None for cam)."""
-    if rule is None:
-        if class_scale is not None:
-            raise ValueError("Clear: class_scale= applies to the back-projection methods "
-                             f"{rules.names()}; method='cam' maps are the class maps themselves")
-        return None
-    class_scale = rule.default_class_scale if class_scale is None else class_scale
-    if class_scale not in CLASS_SCALES:
-        raise ValueError(f"Clear: class_scale must be one of {CLASS_SCALES}, got {class_scale!r}")
-    return class_scale
-
-
-def _check_images(images) -> None:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"Clear: images must be a torch.Tensor, got {type(images).__name__}")
-    if images.dim() != 4:
-        raise ValueError(f"Clear: images must be (N, ch, H, W), got shape {tuple(images.shape)}")
-    if not images.dtype.is_floating_point:
-        raise TypeError(f"Clear: images must be floating point, got {images.dtype}")
-
-
-def _check_chunk(chunk, name: str = "class_chunk") -> None:
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-        raise ValueError(f"Clear: {name} must be None or an int >= 1, got {chunk!r}")
-
-
-def _named_module(model: nn.Module, layer: str) -> nn.Module:
-    modules = dict(model.named_modules())
-    if layer not in modules:
-        raise ValueError(f"Clear: layer {layer!r} is not a module of {type(model).__name__} "
-                         f"(expected a name from model.named_modules())")
-    return modules[layer]
-
 
 @contextlib.contextmanager
 def _frozen_parameters(model: nn.Module):

@@ -104,8 +104,9 @@ def test_defaults_and_errors():
     assert clear_native.Clear(model, "cam").class_scale is None
     with pytest.raises(ValueError, match="class_scale must be one of"):
         clear_native.Clear(model, "guided", class_scale="max")
-    with pytest.raises(ValueError, match="class_scale= applies to the back-projection methods"):
-        clear_native.Clear(model, "cam", class_scale="evidence")
+    for method in ("cam", "lrp"):
+        with pytest.raises(ValueError, match="class_scale= applies to the back-projection methods"):
+            clear_native.Clear(model, method, class_scale="evidence")
 
 
 def test_scale_to_evidence_edge_cases():

@@ -694,8 +694,8 @@ def test_bad_inputs():
     model, x = make("gap")
     with pytest.raises(ValueError, match=r"\(N, ch, H, W\), got shape \(3, 12, 12\)"):
         clear_native.Clear(model)(x[0])
-    with pytest.raises(ValueError, match="method must be one of .* got 'lrp'"):
-        clear_native.Clear(model, "lrp")
+    with pytest.raises(ValueError, match="method must be one of .* got 'lime'"):
+        clear_native.Clear(model, "lime")
     with pytest.raises(ValueError, match="channel_reduce must be one of"):
         clear_native.Clear(model, channel_reduce="mean")
     with pytest.raises(ValueError, match="target must be \\(N,\\)"):

@@ -1,0 +1,288 @@
+"""Clear(method="lrp") against zennit's EpsilonPlusFlat(zero_params="bias") and a slow
+per-class LRP written here in plain torch; conservation, class chunks, warnings."""
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import clear_native
+from clear_native import Clear
+from conftest import needs_cuda
+from models import GapNet, make
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# -- zennit and independent references -------------------------------------------------------
+
+def zennit_maps(model, x, canonizers, start):
+    """(N, C, H, W): zennit's EpsilonPlusFlat maps (channel sum), one Gradient call per class;
+    ``start(output, c)`` is the relevance put on the model's output for class c."""
+    zennit = pytest.importorskip("zennit")
+    from zennit.attribution import Gradient
+    from zennit.composites import EpsilonPlusFlat
+    composite = EpsilonPlusFlat(zero_params="bias", canonizers=canonizers)
+    maps = []
+    with Gradient(model, composite) as attributor:
+        for c in range(start.classes):
+            _, rel = attributor(x, lambda out: start(out, c))
+            maps.append(rel.sum(1))
+    del zennit
+    return torch.stack(maps, 1)
+
+
+class LogitStart:
+    """Relevance one-hot_c * y_c on the logits (standard LRP)."""
+
+    def __init__(self, classes):
+        self.classes = classes
+
+    def __call__(self, out, c):
+        return out * F.one_hot(torch.full(out.shape[:1], c), out.shape[1]).to(out)
+
+
+class ResponseStart:
+    """Relevance at the feature layer f for class c, computed here from the head:
+    R_f = relu(M_c) P / sum_k P, P = relu(f g_c), g_c = dy_c/df, M_c = sum_k f g_c + offset."""
+
+    def __init__(self, head, f):
+        self.f = f.detach()
+        fr = self.f.clone().requires_grad_(True)
+        y = head(fr)
+        self.classes, self.starts = y.shape[1], []
+        for c in range(self.classes):
+            (g,) = torch.autograd.grad(y[:, c].sum(), fr, retain_graph=True)
+            contrib = (self.f * g).sum(1)
+            m = contrib + ((y[:, c].detach() - contrib.sum((1, 2))) / contrib[0].numel())[:, None, None]
+            p = (self.f * g).clamp(min=0)
+            total = p.sum(1, keepdim=True)
+            safe = torch.where(total > 0, total, torch.ones_like(total))
+            self.starts.append(torch.where(total > 0, m.clamp(min=0)[:, None] * p / safe, 0))
+
+    def __call__(self, out, c):
+        return self.starts[c]
+
+
+def close(got, want, rel_atol=1e-5):
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=rel_atol * want.abs().max().item())
+
+
+def mnist(n=8):
+    model = clear_native.load_pretrained("mnist")
+    return model, clear_native.load_sample("mnist").tensors()[0][:n]
+
+
+def random_resnet18():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # BatchNorm that is not the identity
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model, torch.randn(2, 3, 64, 64)
+
+
+# -- against zennit ----------------------------------------------------------------------------
+
+def test_mnist_logit_matches_zennit():
+    from zennit.canonizers import SequentialMergeBatchNorm
+    model, x = mnist()
+    got = Clear(model, "lrp", signal="logit")(x, keep_class_maps=True).class_maps
+    close(got, zennit_maps(model, x, [SequentialMergeBatchNorm()], LogitStart(10)))
+
+
+def test_mnist_response_matches_zennit():
+    pytest.importorskip("zennit")
+    from zennit.canonizers import SequentialMergeBatchNorm
+    model, x = mnist()
+    below = nn.Sequential(model.features, model.classifier)   # up to f = the class maps z_L
+    start = ResponseStart(lambda f: model.pool(f).flatten(1), below(x))
+    got = Clear(model, "lrp")(x, keep_class_maps=True).class_maps
+    close(got, zennit_maps(below, x, [SequentialMergeBatchNorm()], start))
+
+
+def test_resnet18_logit_matches_zennit():
+    pytest.importorskip("zennit")
+    from zennit.torchvision import ResNetCanonizer
+    model, x = random_resnet18()
+    got = Clear(model, "lrp", signal="logit")(x, keep_class_maps=True).class_maps
+    # zennit's merged BatchNorm stays as x / sqrt(1 + eps) (not exactly the identity): the
+    # maps agree to ~5e-5 of their scale
+    close(got, zennit_maps(model, x, [ResNetCanonizer()], LogitStart(10)), rel_atol=2e-4)
+
+
+def test_resnet18_response_matches_zennit():
+    pytest.importorskip("zennit")
+    from zennit.torchvision import ResNetCanonizer
+    model, x = random_resnet18()
+    below = nn.Sequential(*list(model.children())[:-2])
+    start = ResponseStart(lambda f: model.fc(torch.flatten(model.avgpool(f), 1)), below(x))
+    got = Clear(model, "lrp")(x, keep_class_maps=True).class_maps
+    close(got, zennit_maps(below, x, [ResNetCanonizer()], start), rel_atol=2e-4)
+
+
+# -- against a per-class loop in plain torch ---------------------------------------------------
+
+def _stab(z):
+    return z + 1e-6 * torch.where(z >= 0, 1.0, -1.0)
+
+
+def _vjp(fn, x, grad):
+    x = x.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(fn(x), x, grad)
+    return g
+
+
+def slow_lrp_gapnet(model: GapNet, x):
+    """Per class: flat conv1, ReLU pass, max-pool gradient, z+ conv2, ReLU pass, norm GAP,
+    epsilon fc; relevance one-hot_c * y_c; channel sum. (N, C, H, W)."""
+    conv1, _, pool, conv2 = list(model.features)[:4]
+    with torch.no_grad():
+        a1 = F.relu(conv1(x))
+        p1 = pool(a1)
+        a2 = F.relu(conv2(p1))
+        g = a2.mean((2, 3))
+        y = model.fc(g)
+    ones = torch.ones_like(x)
+    flat = lambda t: F.conv2d(t, torch.ones_like(conv1.weight), None, 1, 1)  # noqa: E731
+    zplus = lambda t: F.conv2d(t, conv2.weight.clamp(min=0), None, 1, 1)     # noqa: E731 (p1 >= 0)
+    maps = []
+    for c in range(y.shape[1]):
+        r = y * F.one_hot(torch.full((x.shape[0],), c), y.shape[1])
+        r = g * ((r / _stab(g @ model.fc.weight.T)) @ model.fc.weight)          # epsilon
+        r = a2 * (r / _stab(g))[..., None, None] / a2[0, 0].numel()             # norm (GAP)
+        r = p1 * _vjp(zplus, p1, r / _stab(zplus(p1)))                          # z+
+        r = _vjp(pool, a1, r)                                                   # max-pool gradient
+        r = _vjp(flat, ones, r / _stab(flat(ones)))                             # flat
+        maps.append(r.sum(1))
+    return torch.stack(maps, 1)
+
+
+def test_gapnet_matches_slow_per_class_loop():
+    model, x = make("gap", n=3)
+    got = Clear(model, "lrp", signal="logit")(x, keep_class_maps=True).class_maps
+    close(got, slow_lrp_gapnet(model, x))
+
+
+# -- conservation ------------------------------------------------------------------------------
+
+def test_conservation_mnist():
+    """Bias-free z+ / flat / norm rules and max-pool gradients conserve: each class map sums
+    to its start mass (logit: y_c, as the norm rule at the GAP passes y_c to f)."""
+    model, x = mnist()
+    logit = Clear(model, "lrp", signal="logit")(x, keep_class_maps=True)
+    torch.testing.assert_close(logit.class_maps.sum((2, 3)), logit.logits, rtol=1e-4, atol=1e-5)
+    resp = Clear(model, "lrp")(x, keep_class_maps=True)
+    with torch.no_grad():
+        z = model.class_maps(x)
+    mass = (z.clamp(min=0) / z[0, 0].numel()).sum((2, 3))   # sum_ij relu(M_c), M_c = z_L^c / (h w)
+    assert (mass > 0).any()
+    torch.testing.assert_close(resp.class_maps.sum((2, 3)), mass, rtol=1e-4, atol=1e-6)
+
+
+def test_conservation_resnet18_response():
+    model, x = random_resnet18()
+    got = Clear(model, "lrp")(x, keep_class_maps=True)
+    below = nn.Sequential(*list(model.children())[:-2])
+    start = ResponseStart(lambda f: model.fc(torch.flatten(model.avgpool(f), 1)), below(x))
+    mass = torch.stack([s.sum((1, 2, 3)) for s in start.starts], 1)
+    torch.testing.assert_close(got.class_maps.sum((2, 3)), mass.detach(), rtol=1e-3, atol=1e-6)
+
+
+# -- chunks, classes, dtypes ---------------------------------------------------------------------
+
+def test_class_chunks_classes_and_image_chunks_agree():
+    model, x = mnist(10)
+    full = Clear(model, "lrp", class_chunk=1)(x, keep_class_maps=True)
+    for chunk in (3, 10):
+        got = Clear(model, "lrp", class_chunk=chunk)(x, keep_class_maps=True)
+        torch.testing.assert_close(got.class_maps, full.class_maps, rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(got.dominant_class, full.dominant_class)
+    chunked = Clear(model, "lrp", image_chunk=3)(x, keep_class_maps=True)
+    torch.testing.assert_close(chunked.class_maps, full.class_maps, rtol=1e-5, atol=1e-8)
+    top = Clear(model, "lrp", class_chunk=2)(x, classes=3, keep_class_maps=True)
+    want = full.class_maps.gather(1, top.classes[..., None, None].expand(-1, -1, *x.shape[-2:]))
+    torch.testing.assert_close(top.class_maps, want, rtol=1e-5, atol=1e-8)
+    one = Clear(model, "lrp")(x, torch.full((10,), 4), classes=[4], keep_class_maps=True)
+    torch.testing.assert_close(one.class_maps[:, 0], full.class_maps[:, 4], rtol=1e-5, atol=1e-8)
+
+
+def test_float64_and_model_unchanged():
+    model, x = make("bn", n=2)
+    model = model.double()
+    flags = [p.requires_grad for p in model.parameters()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    got = Clear(model, "lrp", signal="logit")(x.double(), keep_class_maps=True)
+    assert got.class_maps.dtype == torch.float64
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert all(p.grad is None for p in model.parameters())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=needs_cuda)])
+def test_cuda_matches_cpu(device):
+    model, x = mnist(4)
+    want = Clear(model, "lrp", class_chunk=5)(x, keep_class_maps=True).class_maps
+    got = Clear(model.to(device), "lrp", class_chunk=5)(x.to(device), keep_class_maps=True).class_maps
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+
+
+# -- warnings and errors -------------------------------------------------------------------------
+
+class GatedNet(GapNet):
+    """A squeeze-excitation-like multiplicative gate on the path."""
+
+    def forward(self, x):
+        f = self.features(x)
+        return self.fc(torch.flatten(self.pool(f * torch.sigmoid(f.mean((2, 3), keepdim=True))), 1))
+
+
+class InputBNNet(GapNet):
+    """A BatchNorm on the image, before any convolution: it cannot be folded."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(3).eval()
+
+    def forward(self, x):
+        return super().forward(self.norm(x))
+
+
+def test_uncovered_op_warns_with_its_name_once():
+    model = GatedNet().eval()
+    ex = Clear(model, "lrp", signal="logit")
+    with pytest.warns(UserWarning, match=r"no LRP rule covers .*mul"):
+        got = ex(torch.randn(2, 3, 12, 12), keep_class_maps=True)
+    assert torch.isfinite(got.class_maps).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ex(torch.randn(2, 3, 12, 12))  # once per explainer
+
+
+def test_unfoldable_batch_norm_warns_with_its_name():
+    with pytest.warns(UserWarning, match=r"BatchNorm norm .*cannot be folded"):
+        Clear(InputBNNet().eval(), "lrp", signal="logit")(torch.randn(2, 3, 12, 12))
+
+
+def test_covered_model_does_not_warn():
+    model, x = make("bn", n=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Clear(model, "lrp")(x)
+        Clear(model, "lrp", signal="logit")(x)
+
+
+def test_options():
+    assert "lrp" in clear_native.explain.methods()
+    model, _ = make("gap")
+    assert Clear(model, "lrp").signal == "response" and Clear(model, "lrp").channel_reduce == "sum"
+    with pytest.raises(ValueError, match="rectified response only"):
+        Clear(model, "lrp", rectify=False)
+    with pytest.raises(ValueError, match="signal must be one of"):
+        Clear(model, "lrp", signal="grad")
