@@ -48,6 +48,7 @@ from clear_native._relu_rules import relu_rule
 from clear_native._response import ResponseSignal
 
 LRP_CLASS_CHUNK = 1  # classes per backward pass (Clear's class_chunk default for lrp)
+INPUT_RULES = ("zb", "flat", "zplus")
 
 
 _ADDS = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
@@ -72,8 +73,9 @@ class LrpMode(relu_rule):
 
     ``bn_names``: id of a BatchNorm's ``running_mean`` -> its module name, for warnings."""
 
-    def __init__(self, *, watch_features: bool, named_layer: bool, bn_names: dict):
+    def __init__(self, *, watch_features: bool, named_layer: bool, bn_names: dict, input_rule="flat"):
         super().__init__(_Pass(), watch_features=watch_features, named_layer=named_layer)
+        self.input_rule = input_rule
         self.ops: list[_Op] = []
         self.outputs: dict[int, tuple] = {}  # id(output) -> (output, layer, its input), during the forward
         self.bn_names, self.unfolded, self.uncovered = bn_names, [], []
@@ -143,7 +145,7 @@ class LrpMode(relu_rule):
 
     def _affine(self, x, w, b, conv) -> torch.Tensor:
         first, self.first_done = not self.first_done, True
-        op = _Affine(self._seq, x, w, b, conv, first)
+        op = _Affine(self._seq, x, w, b, conv, self.input_rule if first else None)
         out = self._apply(op, x)
         self.outputs[id(out)] = (out, op, x)
         return out
@@ -194,6 +196,14 @@ class LrpConfig:
     site: object        # clear_native._tokens.FeatureSite
     who: str            # the explainer's repr, for messages
     warned: list = field(default_factory=lambda: [False])  # the uncovered-ops warning, once
+    input_rule: str = "zb"     # the input layer's rule: "zb", "flat" or "zplus"
+    input_bounds: tuple | None = None  # z^B's (low, high) tensors; None: each image's own range
+
+    def first_rule(self):
+        """The input layer's rule as :class:`clear_native._lrp_rules._Affine` takes it."""
+        if self.input_rule != "zb":
+            return self.input_rule
+        return ("zb", *(self.input_bounds or (None, None)))
 
     def bn_names(self) -> dict:
         return {id(m.running_mean): name for name, m in self.model.named_modules()
@@ -214,7 +224,8 @@ class LrpSource:
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Runs the model under the LRP rules; returns the detached (N, C) logits."""
         cfg, response = self.cfg, self.cfg.signal == "response"
-        mode = self.mode = LrpMode(watch_features=response, named_layer=cfg.site.named, bn_names=cfg.bn_names())
+        mode = self.mode = LrpMode(watch_features=response, named_layer=cfg.site.named, bn_names=cfg.bn_names(),
+                                   input_rule=cfg.first_rule())
         with mode, (cfg.site.watch(mode) if response else contextlib.nullcontext()):
             logits = cfg.model(self.x)
         check_logits(logits, images)

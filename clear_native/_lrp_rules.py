@@ -68,6 +68,13 @@ def _transpose_conv(grad, weight, p, size):
     return F.conv_transpose2d(grad, weight, None, p["stride"], p["padding"], extra, p["groups"], p["dilation"])
 
 
+def own_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's own per-channel range (min, max over its pixels; over its features for
+    a flat (N, D) input): the z^B box where no input bounds are given."""
+    dims = tuple(range(2, x.dim())) if x.dim() > 2 else (1,)
+    return x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
+
+
 def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
@@ -89,10 +96,17 @@ class _Op:
 
 
 class _Affine(_Op):
-    """conv2d / linear with weight ``w`` (out first), optional bias; rule z+, flat or epsilon."""
+    """conv2d / linear with weight ``w`` (out first), optional bias; rule z+, flat or epsilon.
 
-    def __init__(self, seq, x, w, b, conv: dict | None, first: bool):
+    ``first``: the input layer's rule, or None for a layer above it: ``"flat"`` (zennit's
+    ``Flat``), ``"zplus"`` (z+ as above it) or ``("zb", low, high)`` (zennit's ``ZBox``: the
+    input bounded by ``low`` / ``high``, tensors broadcastable to it; None, None: each
+    image's own range, :func:`own_range`)."""
+
+    def __init__(self, seq, x, w, b, conv: dict | None, first):
         super().__init__(seq, x)
+        if first == "zplus":
+            first = None
         self.w, self.b, self.conv, self.first = w.detach(), None if b is None else b.detach(), conv, first
 
     def run(self, x):
@@ -120,7 +134,13 @@ class _Affine(_Op):
 
     def prepare(self) -> None:
         x = self.inputs[0]
-        if self.first:  # flat: inputs and weights ones, no bias
+        if isinstance(self.first, tuple):  # z^B: x W - low W+ - high W-
+            low, high = self.first[1:] if self.first[1] is not None else own_range(x)
+            low, high = (b.to(x).expand_as(x) for b in (low, high))
+            wp, wn = self.w.clamp(min=0), self.w.clamp(max=0)
+            self.zb = ((x, self.w), (low, wp), (high, wn))
+            z = self._lin(x, self.w) - self._lin(low, wp) - self._lin(high, wn)
+        elif self.first:  # flat: inputs and weights ones, no bias
             z = self._lin(torch.ones_like(x[:1]), torch.ones_like(self.w))
             self.box = self.w.new_ones(1, 1, *self.w.shape[-2:]) if self.conv else None
         elif self.conv is not None:  # z+
@@ -139,6 +159,9 @@ class _Affine(_Op):
 
     def backward(self, grad):
         s = grad * self.inv
+        if isinstance(self.first, tuple):
+            (x, w), (low, wp), (high, wn) = self.zb
+            return (x * self._adj(s, w) - low * self._adj(s, wp) - high * self._adj(s, wn),)
         if self.first:  # all-ones weights: one box filter of the sum over output channels
             if self.conv is None:
                 return (s.sum(-1, keepdim=True).expand(*s.shape[:-1], self.w.shape[-1]),)

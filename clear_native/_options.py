@@ -69,3 +69,35 @@ def named_module(model: nn.Module, layer: str) -> nn.Module:
         raise ValueError(f"Clear: layer {layer!r} is not a module of {type(model).__name__} "
                          f"(expected a name from model.named_modules())")
     return modules[layer]
+
+
+def check_lrp_input(method, input_rule, input_bounds) -> tuple[str | None, tuple | None]:
+    """``method="lrp"``'s input-layer rule (default ``"zb"``) and z^B bounds as tensors
+    broadcastable to the image ((1, ch, 1, 1) per channel, or scalars); (None, None) for
+    the other methods, which take neither."""
+    from clear_native._lrp import INPUT_RULES
+    if method != "lrp":
+        if input_rule is not None or input_bounds is not None:
+            raise ValueError(f"Clear: input_rule= / input_bounds= apply to method='lrp', got method={method!r}")
+        return None, None
+    rule = "zb" if input_rule is None else input_rule
+    if rule not in INPUT_RULES:
+        raise ValueError(f"Clear: input_rule must be one of {INPUT_RULES}, got {input_rule!r}")
+    if input_bounds is None:
+        return rule, None
+    if rule != "zb":
+        raise ValueError(f"Clear: input_bounds= is the box of input_rule='zb', got input_rule={rule!r}")
+    if not isinstance(input_bounds, (tuple, list)) or len(input_bounds) != 2:
+        raise ValueError("Clear: input_bounds must be (low, high): floats, per-channel sequences or tensors "
+                         f"broadcastable to the images, got {input_bounds!r}")
+    low, high = (_bound(b) for b in input_bounds)
+    if bool((low > high).any()):
+        raise ValueError(f"Clear: input_bounds needs low <= high, got {input_bounds!r}")
+    return rule, (low, high)
+
+
+def _bound(b) -> torch.Tensor:
+    t = b.detach() if isinstance(b, torch.Tensor) else torch.as_tensor(b, dtype=torch.float64)
+    if t.dim() == 1:  # per channel
+        t = t.view(1, -1, 1, 1)
+    return t

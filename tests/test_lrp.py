@@ -17,13 +17,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # -- zennit and independent references -------------------------------------------------------
 
-def zennit_maps(model, x, canonizers, start):
+def zennit_maps(model, x, canonizers, start, box=None):
     """(N, C, H, W): zennit's EpsilonPlusFlat maps (channel sum), one Gradient call per class;
-    ``start(output, c)`` is the relevance put on the model's output for class c."""
+    ``start(output, c)`` is the relevance put on the model's output for class c; ``box``:
+    (low, high) of a ZBox rule at the first layer instead of Flat."""
     zennit = pytest.importorskip("zennit")
     from zennit.attribution import Gradient
     from zennit.composites import EpsilonPlusFlat
-    composite = EpsilonPlusFlat(zero_params="bias", canonizers=canonizers)
+    from zennit.rules import ZBox
+    from zennit.types import Linear
+    first = [] if box is None else [(Linear, ZBox(*box, zero_params="bias"))]
+    composite = EpsilonPlusFlat(zero_params="bias", canonizers=canonizers, first_map=first)
     maps = []
     with Gradient(model, composite) as attributor:
         for c in range(start.classes):
@@ -92,7 +96,7 @@ def random_resnet18():
 def test_mnist_logit_matches_zennit():
     from zennit.canonizers import SequentialMergeBatchNorm
     model, x = mnist()
-    got = Clear(model, "lrp", signal="logit")(x, keep_class_maps=True).class_maps
+    got = Clear(model, "lrp", signal="logit", input_rule="flat")(x, keep_class_maps=True).class_maps
     close(got, zennit_maps(model, x, [SequentialMergeBatchNorm()], LogitStart(10)))
 
 
@@ -102,7 +106,7 @@ def test_mnist_response_matches_zennit():
     model, x = mnist()
     below = nn.Sequential(model.features, model.classifier)   # up to f = the class maps z_L
     start = ResponseStart(lambda f: model.pool(f).flatten(1), below(x))
-    got = Clear(model, "lrp")(x, keep_class_maps=True).class_maps
+    got = Clear(model, "lrp", input_rule="flat")(x, keep_class_maps=True).class_maps
     close(got, zennit_maps(below, x, [SequentialMergeBatchNorm()], start))
 
 
@@ -110,7 +114,7 @@ def test_resnet18_logit_matches_zennit():
     pytest.importorskip("zennit")
     from zennit.torchvision import ResNetCanonizer
     model, x = random_resnet18()
-    got = Clear(model, "lrp", signal="logit")(x, keep_class_maps=True).class_maps
+    got = Clear(model, "lrp", signal="logit", input_rule="flat")(x, keep_class_maps=True).class_maps
     # zennit's merged BatchNorm stays as x / sqrt(1 + eps) (not exactly the identity): the
     # maps agree to ~5e-5 of their scale
     close(got, zennit_maps(model, x, [ResNetCanonizer()], LogitStart(10)), rel_atol=2e-4)
@@ -122,8 +126,51 @@ def test_resnet18_response_matches_zennit():
     model, x = random_resnet18()
     below = nn.Sequential(*list(model.children())[:-2])
     start = ResponseStart(lambda f: model.fc(torch.flatten(model.avgpool(f), 1)), below(x))
-    got = Clear(model, "lrp")(x, keep_class_maps=True).class_maps
+    got = Clear(model, "lrp", input_rule="flat")(x, keep_class_maps=True).class_maps
     close(got, zennit_maps(below, x, [ResNetCanonizer()], start), rel_atol=2e-4)
+
+
+@pytest.mark.parametrize("signal", ["logit", "response"])
+def test_mnist_zbox_matches_zennit(signal):
+    """The default input rule, z^B, with the input domain [0, 1] given and as each image's own
+    range (the digits span 0..1 here, so both are the same box)."""
+    pytest.importorskip("zennit")
+    from zennit.canonizers import SequentialMergeBatchNorm
+    model, x = mnist(12)
+    x = x[x.amax((1, 2, 3)) == 1]  # digits that span 0..1: their own range is the domain
+    if signal == "logit":
+        model_z, start = model, LogitStart(10)
+    else:
+        model_z = nn.Sequential(model.features, model.classifier)
+        start = ResponseStart(lambda f: model.pool(f).flatten(1), model_z(x))
+    want = zennit_maps(model_z, x, [SequentialMergeBatchNorm()], start, box=(0.0, 1.0))
+    close(Clear(model, "lrp", signal=signal, input_bounds=(0, 1))(x, keep_class_maps=True).class_maps, want)
+    assert x.shape[0] >= 4 and bool((x.amin((1, 2, 3)) == 0).all())
+    close(Clear(model, "lrp", signal=signal)(x, keep_class_maps=True).class_maps, want)
+
+
+def test_resnet18_zbox_per_channel_and_own_range_match_zennit():
+    pytest.importorskip("zennit")
+    from zennit.torchvision import ResNetCanonizer
+    model, x = random_resnet18()
+    # z^B subtracts three convolutions (x W - low W+ - high W-), which magnifies the 1e-5 that
+    # zennit's merged BatchNorm keeps (x / sqrt(1 + eps), above) to 1e-3 of a map's maximum
+    # at some pixels: with eps = 1e-12 (and float64) the two agree to rounding
+    model, x = model.double(), x.double()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = 1e-12
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).double(), torch.tensor([0.229, 0.224, 0.225]).double()
+    low, high = (0 - mean) / std, (1 - mean) / std
+    x = (0.3 * x).clamp(low.view(1, 3, 1, 1), high.view(1, 3, 1, 1))  # inside the domain, not spanning it
+    want = zennit_maps(model, x, [ResNetCanonizer()], LogitStart(10), box=(low.view(1, 3, 1, 1), high.view(1, 3, 1, 1)))
+    got = Clear(model, "lrp", signal="logit", input_bounds=(low.tolist(), high.tolist()))(x, keep_class_maps=True)
+    close(got.class_maps, want, rel_atol=2e-4)
+    own = Clear(model, "lrp", signal="logit")(x, keep_class_maps=True).class_maps  # each image's own range
+    for i in range(x.shape[0]):
+        box = (x[i:i + 1].amin((2, 3), keepdim=True), x[i:i + 1].amax((2, 3), keepdim=True))
+        close(own[i:i + 1], zennit_maps(model, x[i:i + 1], [ResNetCanonizer()], LogitStart(10), box=box), rel_atol=2e-4)
+    assert not torch.allclose(own, got.class_maps)  # the two boxes differ
 
 
 # -- against a per-class loop in plain torch ---------------------------------------------------
@@ -165,7 +212,7 @@ def slow_lrp_gapnet(model: GapNet, x):
 
 def test_gapnet_matches_slow_per_class_loop():
     model, x = make("gap", n=3)
-    got = Clear(model, "lrp", signal="logit")(x, keep_class_maps=True).class_maps
+    got = Clear(model, "lrp", signal="logit", input_rule="flat")(x, keep_class_maps=True).class_maps
     close(got, slow_lrp_gapnet(model, x))
 
 
@@ -281,6 +328,17 @@ def test_covered_model_does_not_warn():
 def test_options():
     assert "lrp" in clear_native.explain.methods()
     model, _ = make("gap")
+    assert Clear(model, "lrp").input_rule == "zb" and Clear(model, "lrp", input_rule="flat").input_rule == "flat"
+    with pytest.raises(ValueError, match="input_rule must be one of"):
+        Clear(model, "lrp", input_rule="box")
+    with pytest.raises(ValueError, match="input_bounds= is the box of input_rule='zb'"):
+        Clear(model, "lrp", input_rule="flat", input_bounds=(0, 1))
+    with pytest.raises(ValueError, match="input_bounds must be"):
+        Clear(model, "lrp", input_bounds=0.5)
+    with pytest.raises(ValueError, match="low <= high"):
+        Clear(model, "lrp", input_bounds=(1, 0))
+    with pytest.raises(ValueError, match="apply to method='lrp'"):
+        Clear(model, "guided", input_rule="zb")
     assert Clear(model, "lrp").signal == "response" and Clear(model, "lrp").channel_reduce == "sum"
     with pytest.raises(ValueError, match="rectified response only"):
         Clear(model, "lrp", rectify=False)
