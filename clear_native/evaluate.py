@@ -17,8 +17,12 @@ its default signal, None for cam), ``baselines`` and ``methods``: one row per
 (method, signal), keyed ``"<method>/<signal>"`` (``"cam"`` for cam), each a dict
 with ``method``, ``signal``, ``default_signal`` (whether ``signal`` is the method's
 default), ``strong_features``, ``deletion_auc``, ``insertion_auc``, ``dominance``,
-``wrong_region_confusion``, ``sanity_check`` and ``class_sensitivity``
-(:meth:`ClassSensitivity.as_dict` plus ``head_randomised_images``).
+``wrong_region_confusion``, ``sanity_check``, ``class_sensitivity``
+(:meth:`ClassSensitivity.as_dict` plus ``head_randomised_images``), ``sanity`` (the
+checks beyond the paper, :func:`clear_native.metrics.sanity_report` on at most
+``SANITY_DATA_IMAGES`` images: data and model randomisation, grid pointing game, the
+prediction's lead, causal effect with its bootstrap interval; :meth:`SanityRow.as_dict`)
+and ``sanity_passes`` (:func:`clear_native.metrics.passes` against ``THRESHOLDS``).
 """
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ import torch
 from clear_native.explain import DEFAULT_SIGNAL, METHODS, SIGNALS, methods as registered_methods
 #: Methods without a back-projection signal (evaluated once, whatever ``signals`` is).
 SIGNAL_FREE = ("cam",)
+#: Images (evenly spaced) and mosaics of the sanity checks beyond the paper (kept small).
+SANITY_DATA_IMAGES, SANITY_MOSAICS = 64, 16
 
 
 def parse_names(value, allowed, what: str) -> tuple[str, ...]:
@@ -155,6 +161,7 @@ def evaluate(dataset: str = "mnist", split: str = "sample", methods=METHODS, lim
             "wrong_region_confusion": agree["wrong_region_confusion"].tolist(),
             "sanity_check": sanity,
             "class_sensitivity": sens,
+            **_sanity(model, x, y, method, signal, sanity_images),
         }
     report["seconds"] = round(time.perf_counter() - t0, 1)
     out = Path(out)
@@ -162,6 +169,48 @@ def evaluate(dataset: str = "mnist", split: str = "sample", methods=METHODS, lim
     (out / "evaluation.json").write_text(json.dumps(report, indent=2))
     (out / "evaluation.md").write_text(to_markdown(report))
     return report
+
+
+def _sanity(model, x, y, method, signal, sanity_images) -> dict:
+    """The ``sanity`` and ``sanity_passes`` entries of a row (module doc)."""
+    from clear_native import metrics
+
+    kwargs = {"method": method} if signal is None else {"method": method, "signal": signal}
+    row = metrics.sanity_report(model, x, y, kwargs, data_images=SANITY_DATA_IMAGES,
+                                model_images=max(1, sanity_images), max_mosaics=SANITY_MOSAICS)
+    return {"sanity": row.as_dict(), "sanity_passes": metrics.passes(row)}
+
+
+def _sanity_md(r: dict) -> list[str]:
+    rows = [(k, v) for k, v in r["methods"].items() if "sanity" in v]
+    if not rows:
+        return []
+    s0 = rows[0][1]["sanity"]
+    lines = ["", "## Sanity checks beyond the paper", "",
+             f"Spearman rho of the dominant response between {s0['data_images']} images, against noise "
+             f"and a grey image; after re-initialising the head ({s0['model_images']} images) and the "
+             "whole cascade; grid pointing game (share of each quadrant's strong / visible pixels "
+             "dominated by its class, chance 25%); share of correct images led by the prediction; "
+             "causal effect with its 95% bootstrap interval. `*` marks a value missing its target "
+             "(`clear_native.metrics.THRESHOLDS`).", "",
+             "| method | rho img-img | rho img-noise | rho img-grey | head rho (prediction's map) | cascade rho | pointing "
+             "strong % | visible % | mosaics | prediction leads % | causal effect [95% CI] (regions) | passed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k, v in rows:
+        s, ok = v["sanity"], v.get("sanity_passes", {})
+
+        def m(key, text):
+            return text if ok.get(key, True) else text + "*"
+        lines.append(
+            f"| {_label(k, v)} | {m('rho_image_image', _f(s['rho_image_image'], '.2f'))} | "
+            f"{m('rho_image_noise', _f(s['rho_image_noise'], '.2f'))} | {_f(s['rho_image_constant'], '.2f')} | "
+            f"{m('head_predicted_map_rho', _f(s['head_predicted_map_rho'], '.2f'))} | {_f(s['cascade_rho'], '.2f')} | "
+            f"{m('pointing_strong', _p(s['pointing_strong']))} | {m('pointing_visible', _p(s['pointing_visible']))} | "
+            f"{s['mosaics']} | {m('prediction_leads', _p(s['prediction_leads']))} | "
+            f"{m('causal_effect', _f(s['causal_effect']))} [{m('causal_ci_low', _f(s['causal_ci_low']))}, "
+            f"{_f(s['causal_ci_high'])}] ({m('causal_regions', str(s['causal_regions']))}) | "
+            f"{sum(ok.values())}/{len(ok)} |")
+    return lines
 
 
 def _p(v) -> str:
@@ -257,6 +306,7 @@ def to_markdown(r: dict) -> str:
         lines.append(f"| {_label(m, v)} | {_p(d['share_predicted_correct'])} | {_p(d['share_predicted_wrong'])} | "
                      f"{_p(d['wrong_true_class_share'])} |")
     lines += _class_sensitivity_md(r)
+    lines += _sanity_md(r)
     lines += ["", "## Sanity check (cascading randomisation, top layer first)", "",
               "| method | " + " | ".join(row["randomised"] for row in
                                        next(iter(r["methods"].values()))["sanity_check"]) + " |"]

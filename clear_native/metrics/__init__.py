@@ -22,7 +22,10 @@ Conventions (documented choices; the paper gives none):
 
 Modules: :mod:`~clear_native.metrics.paper` (Table 1, deletion / insertion, sanity
 check), :mod:`~clear_native.metrics.shares` (pixel masks and shares),
-:mod:`~clear_native.metrics.sensitivity` (class sensitivity).
+:mod:`~clear_native.metrics.sensitivity` (class sensitivity),
+:mod:`~clear_native.metrics.sanity` and :mod:`~clear_native.metrics.pointing` (data and
+model randomisation, grid pointing game, the prediction leads),
+:mod:`~clear_native.metrics.checklist` (:func:`sanity_report`, ``THRESHOLDS``).
 """
 from __future__ import annotations
 
@@ -33,6 +36,11 @@ from clear_native.metrics.sensitivity import (ClassSensitivity, causal_check, cl
                                               head_randomisation)
 from clear_native.metrics.shares import (class_share, coloured_mask, dominance_agreement, dominant_strong_mask,
                                          prediction_share, strong_mask, strong_pixel_shares, table_rows)
+from clear_native.metrics.pointing import GridPointing, grid_pointing, make_mosaics, mosaic_plan, pointing_shares
+from clear_native.metrics.sanity import (DataRandomisation, ModelRandomisation, clear_explain, data_randomisation,
+                                         fine_detail, leading_class, model_randomisation, prediction_leads,
+                                         reference_images, spearman_rows)
+from clear_native.metrics.checklist import THRESHOLDS, SanityRow, passes, sanity_report
 
 __all__ = [
     "StrongFeatureCurve", "strong_feature_accuracy", "strong_mask",
@@ -41,4 +49,8 @@ __all__ = [
     "ClassSensitivity", "class_sensitivity", "dominant_strong_mask",
     "strong_pixel_shares", "head_randomisation", "causal_check",
     "coloured_mask", "class_share", "prediction_share", "table_rows",
+    "GridPointing", "grid_pointing", "make_mosaics", "mosaic_plan", "pointing_shares",
+    "THRESHOLDS", "DataRandomisation", "ModelRandomisation", "SanityRow", "clear_explain",
+    "data_randomisation", "fine_detail", "leading_class", "model_randomisation", "passes",
+    "prediction_leads", "reference_images", "sanity_report", "spearman_rows",
 ]

@@ -38,6 +38,8 @@ class ClassSensitivity:
         causal_pairs: number of scored (image, class) pairs.
         causal_skipped: (image, class) candidates skipped because the strong pixels
             not dominated by the class were fewer than ``min_pixels``.
+        causal_effect_ci: [low, high] 95% percentile bootstrap interval of
+            ``causal_effect``, resampling images (NaN, NaN without pairs).
     strong_threshold: the relative threshold defining strong pixels.
     """
 
@@ -56,6 +58,7 @@ class ClassSensitivity:
     causal_pairs: int
     causal_skipped: int
     strong_threshold: float
+    causal_effect_ci: list[float] | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -233,7 +236,35 @@ def causal_check(model: torch.nn.Module, images: torch.Tensor, dominant_class: t
     return {"causal_effect": _mean_where(per_class, num > 0),
             "causal_effect_pairs_mean": float(scores.mean()) if scores.numel() else float("nan"),
             "causal_effect_per_class": per_class.tolist(),
-            "causal_pairs": int(scores.numel()), "causal_skipped": skipped}
+            "causal_pairs": int(scores.numel()), "causal_skipped": skipped,
+            "causal_effect_ci": bootstrap_ci(img.cpu(), cls.cpu(), scores.cpu(), n, seed=seed)}
+
+
+def bootstrap_ci(img: torch.Tensor, cls: torch.Tensor, scores: torch.Tensor, n: int, *,
+                 resamples: int = 1000, level: float = 0.95, seed: int = 0) -> list[float]:
+    """[low, high] percentile bootstrap interval of the causal effect, resampling images.
+
+    ``img``, ``cls``, ``scores``: (P,) image index (< ``n``), class and score of each
+    scored pair. Each resample draws ``n`` images with replacement and recomputes the
+    effect as :func:`causal_check` does (mean over classes of the per-class mean score);
+    resamples without any pair are left out. [NaN, NaN] without pairs.
+    """
+    if scores.numel() == 0 or n < 1:
+        return [float("nan"), float("nan")]
+    _, col = cls.unique(return_inverse=True)
+    k = int(col.max()) + 1
+    total = torch.zeros(n, k, dtype=torch.float64).index_put_((img, col), scores.double(), accumulate=True)
+    count = torch.zeros(n, k, dtype=torch.float64).index_put_((img, col), torch.ones_like(scores, dtype=torch.float64),
+                                                            accumulate=True)
+    g = torch.Generator().manual_seed(seed)
+    draw = torch.randint(n, (resamples, n), generator=g)
+    weight = torch.zeros(resamples, n, dtype=torch.float64).scatter_add_(
+        1, draw, torch.ones(resamples, n, dtype=torch.float64))
+    num, per = weight @ count, weight @ total
+    effect = (per / num).nansum(1) / (num > 0).sum(1)   # mean over the classes with pairs
+    effect = effect[(num > 0).any(1)]
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    return effect.quantile(q).tolist()
 
 
 def class_sensitivity(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, maps: object, *,
