@@ -4,8 +4,9 @@
 
 The shipped MNIST model (``clear_native.load_pretrained("mnist")``: ALL-CNN, conv / ReLU /
 max-pool, 1x1 class conv, GAP), N=64 images of the shipped sample, all 10 classes +
-dominance, ``signal="logit"`` (the standard LRP start, what zennit computes): Clear in one
-call vs zennit's ``Gradient(model, EpsilonPlusFlat(zero_params="bias"))`` once per class,
+dominance, the default configuration (``signal="logit"``, the standard LRP start; z^B at the
+input layer with MNIST's domain [0, 1]): Clear in one call vs zennit's ``Gradient(model,
+EpsilonPlusFlat(zero_params="bias", first_map=[ZBox(0, 1)]))`` once per class,
 then ``clear_native.dominance`` of the stacked maps (skipped without zennit:
 ``pip install zennit``). Separate timings with peak memory, an interleaved pair (the two
 ways alternate round by round, per-round ratios: robust on a shared host) and an untimed
@@ -22,6 +23,7 @@ from conftest import peak_memory_mib, sync
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 GROUP = "explain lrp signal=logit mnist 64x1x28x28 C=10 {device}"
+BOX = (0.0, 1.0)  # MNIST's input domain: z^B's box
 
 
 def make_mnist(device="cpu"):
@@ -30,16 +32,20 @@ def make_mnist(device="cpu"):
 
 
 def run_clear_lrp(model, x):
-    return clear_native.Clear(model, "lrp", signal="logit")(x)
+    return clear_native.Clear(model, "lrp", signal="logit", input_bounds=BOX)(x)
 
 
 def zennit_class_maps(model, x):
-    """(N, 10, H, W): zennit's EpsilonPlusFlat maps, one attribution per class (channel sum)."""
+    """(N, 10, H, W): zennit's EpsilonPlusFlat maps with a ZBox input layer, one attribution
+    per class (channel sum)."""
     from zennit.attribution import Gradient
     from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.composites import EpsilonPlusFlat
+    from zennit.rules import ZBox
+    from zennit.types import Linear
 
-    composite = EpsilonPlusFlat(zero_params="bias", canonizers=[SequentialMergeBatchNorm()])
+    composite = EpsilonPlusFlat(zero_params="bias", canonizers=[SequentialMergeBatchNorm()],
+                                first_map=[(Linear, ZBox(*BOX, zero_params="bias"))])
     maps = []
     with Gradient(model, composite) as attributor:
         for c in range(10):
@@ -108,7 +114,7 @@ def test_lrp_mnist_agrees_with_zennit(device):
     """Not timed: the same class maps and dominance as the zennit loop."""
     pytest.importorskip("zennit")
     model, x = make_mnist(device)
-    ours = clear_native.Clear(model, "lrp", signal="logit")(x, keep_class_maps=True)
+    ours = clear_native.Clear(model, "lrp", signal="logit", input_bounds=BOX)(x, keep_class_maps=True)
     theirs = zennit_class_maps(model, x)
     torch.testing.assert_close(ours.class_maps, theirs, rtol=1e-4, atol=1e-5 * theirs.abs().max().item())
     ref = run_zennit_lrp(model, x)

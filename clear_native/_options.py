@@ -6,6 +6,7 @@ import torch.nn as nn
 
 from clear_native import rules
 from clear_native._backproject import CHANNEL_REDUCE, CLASS_SCALES
+from clear_native._lrp import INPUT_RULES, LRP_DEFAULT_SIGNAL
 
 SIGNALS = ("response", "logit")
 
@@ -24,7 +25,8 @@ def check_options(method, rule, signal, channel_reduce, interpolation, layer, re
             raise ValueError("Clear: signal= applies to the back-projection methods "
                              f"{rules.names()}; method='cam' projects its class maps directly")
         return None
-    signal = (rule.default_signal if rule else "response") if signal is None else signal
+    if signal is None:
+        signal = rule.default_signal if rule else LRP_DEFAULT_SIGNAL
     if signal not in SIGNALS:
         raise ValueError(f"Clear: signal must be one of {SIGNALS}, got {signal!r}")
     for arg, value in (("layer", layer), ("reshape", reshape)):
@@ -75,7 +77,6 @@ def check_lrp_input(method, input_rule, input_bounds) -> tuple[str | None, tuple
     """``method="lrp"``'s input-layer rule (default ``"zb"``) and z^B bounds as tensors
     broadcastable to the image ((1, ch, 1, 1) per channel, or scalars); (None, None) for
     the other methods, which take neither."""
-    from clear_native._lrp import INPUT_RULES
     if method != "lrp":
         if input_rule is not None or input_bounds is not None:
             raise ValueError(f"Clear: input_rule= / input_bounds= apply to method='lrp', got method={method!r}")

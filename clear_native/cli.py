@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from clear_native import rules
-from clear_native.explain import SIGNALS, methods
+from clear_native.explain import DEFAULT_METHOD, SIGNALS, methods
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -130,7 +130,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="the paper's figures for the built-in MNIST model (default)")
     demo.add_argument("--out", default="clear-demo", help="output folder (default ./clear-demo)")
-    demo.add_argument("--method", default="deconvnet", choices=methods())
+    demo.add_argument("--method", default=DEFAULT_METHOD, choices=methods())
     demo.add_argument("--signal", default=None, choices=SIGNALS,
                       help="back-projection signal (default: the method's default, response; "
                            "not for cam)")

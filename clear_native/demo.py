@@ -88,19 +88,21 @@ def sample_note(s: dict) -> str:
     return note
 
 
-def run_demo(out: str | Path = "clear-demo", *, method: str = "deconvnet", dataset: str = "mnist",
+def run_demo(out: str | Path = "clear-demo", *, method: str | None = None, dataset: str = "mnist",
              rows: int = 6, device: str = "cpu", signal: str | None = None,
              sensitivity_images: int = SENSITIVITY_IMAGES) -> dict:
     """Runs the demo and returns a summary dict (paths and numbers).
 
-    ``signal``: the back-projection signal (None: the method's default, ``"response"``
-    for deconvnet / guided / gradient; must be None for cam). ``sensitivity_images``:
+    ``method``: None for :data:`clear_native.explain.DEFAULT_METHOD`. ``signal``: the
+    back-projection signal (None: the method's default; must be None for cam). ``sensitivity_images``:
     the first N images used for the head randomisation of the class-sensitivity check.
     """
     from clear_native import metrics, plot
     from clear_native.data import class_names, load_sample
-    from clear_native.explain import Clear
+    from clear_native.explain import DEFAULT_METHOD, Clear
     from clear_native.models import load_pretrained
+
+    method = DEFAULT_METHOD if method is None else method
 
     t0 = time.perf_counter()
     out = Path(out)

@@ -61,7 +61,7 @@ from clear_native import rules
 from clear_native._backproject import (CHANNEL_REDUCE, BackprojectionConfig, BackprojectionSource,
                                        Backprojector, Routes)
 from clear_native._cam import LinearCam, Upsampled, cam_source
-from clear_native._lrp import LRP_CLASS_CHUNK, LrpConfig, LrpSource
+from clear_native._lrp import LRP_CLASS_CHUNK, LRP_DEFAULT_SIGNAL, LrpConfig, LrpSource
 from clear_native._options import (SIGNALS, check_chunk as _check_chunk, check_class_scale as _check_class_scale,
                                    check_images as _check_images, check_options as _check_options,
                                    check_lrp_input, named_module as _named_module)
@@ -70,7 +70,14 @@ from clear_native._tokens import FeatureSite
 from clear_native.dominance import dominance
 from clear_native.project import project_dominance
 
-__all__ = ["Clear", "ClearMaps", "METHODS", "SIGNALS", "CHANNEL_REDUCE", "default_class_chunk"]
+__all__ = ["Clear", "ClearMaps", "METHODS", "SIGNALS", "CHANNEL_REDUCE", "DEFAULT_METHOD", "default_class_chunk"]
+
+# The default method, chosen by the sanity checks on the shipped MNIST model and the pretrained
+# EfficientNet-Lite0 / Lite1 (README, "Choosing the default"; benchmarks/sanity.py): layer-wise
+# relevance propagation of the class logit with the z^B input rule is the one configuration
+# that passes every check on all three; deconvnet's maps do not depend on the image where no
+# max-pool switch lies below the feature layer.
+DEFAULT_METHOD = "lrp"
 
 DEFAULT_CLASS_CHUNK = 16  # back-projection methods: classes per batched backward pass
 # CPU back-projection: images per forward + class passes (Clear's image_chunk). Small
@@ -102,7 +109,7 @@ def methods() -> tuple[str, ...]:
 METHODS = methods()  # at import; rules registered later are in methods()
 # What the back-projection methods send down / how they reduce colour channels by default
 # (the rules' own defaults; Clear's docstring gives the measurements behind them).
-DEFAULT_SIGNAL = {**{name: rules.get(name).default_signal for name in rules.names()}, "lrp": "response"}
+DEFAULT_SIGNAL = {**{name: rules.get(name).default_signal for name in rules.names()}, "lrp": LRP_DEFAULT_SIGNAL}
 DEFAULT_CHANNEL_REDUCE = {name: rules.get(name).default_channel_reduce for name in rules.names()}
 
 
@@ -214,7 +221,7 @@ class Clear:
     blocks' routes, the one-image top, the classes of each backward pass.
     """
 
-    def __init__(self, model: nn.Module, method: str = "deconvnet", *, signal: str | None = None,
+    def __init__(self, model: nn.Module, method: str = DEFAULT_METHOD, *, signal: str | None = None,
                  rectify: bool = True, layer: str | None = None, channel_reduce: str | None = None,
                  class_chunk: int | None = None, interpolation: str = "bilinear", reshape=None,
                  fuse: bool = True, image_chunk: int | None = None, class_scale: str | None = None,

@@ -94,7 +94,7 @@ def reference_run(npz, tmp_path_factory):
 def test_results_equal_python_api(npz, reference_run):
     images, labels = _images()
     x = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]
-    explainer = clear_native.Clear(tiny_model(), method="deconvnet")
+    explainer = clear_native.Clear(tiny_model())  # the CLI's default method
     maps = [explainer(x[s:s + BATCH]) for s in range(0, N_IMAGES, BATCH)]
     cat = {f: torch.cat([getattr(m, f) for m in maps]).numpy()
            for f in ("dominant_class", "dominant_response", "runner_up_class", "runner_up_response",
@@ -360,11 +360,12 @@ def _recorded_signal(out):
 
 def test_signal_recorded_and_passed_through(tmp_path):
     data, x = _small_npz(tmp_path)
-    common = ["--model", MODEL, "--data", data, "--batch-size", 24, "--response-dtype", "float32"]
+    common = ["--model", MODEL, "--data", data, "--batch-size", 24, "--response-dtype", "float32",
+              "--method", "deconvnet"]
     default, logit, cam = tmp_path / "default", tmp_path / "logit", tmp_path / "cam"
     assert explain(*common, "--out", default) == 0
     assert explain(*common, "--out", logit, "--signal", "logit") == 0
-    assert explain(*common, "--out", cam, "--method", "cam") == 0
+    assert explain(*common[:-2], "--out", cam, "--method", "cam") == 0
     assert _recorded_signal(default) == clear_native.explain.DEFAULT_SIGNAL["deconvnet"] == "response"
     assert _recorded_signal(logit) == "logit"
     assert _recorded_signal(cam) is None
@@ -388,7 +389,7 @@ def _snapshot(out):
 def test_resume_with_another_signal_is_refused(tmp_path, capsys):
     data, _ = _small_npz(tmp_path)
     out = tmp_path / "out"
-    common = ["--model", MODEL, "--data", data, "--out", out, "--batch-size", 12]
+    common = ["--model", MODEL, "--data", data, "--out", out, "--batch-size", 12, "--method", "deconvnet"]
     assert explain(*common) == 0
     capsys.readouterr()
     # the explicit default is the same run: resumed (nothing left to do)
@@ -424,8 +425,8 @@ def test_signal_with_cam_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["explain", "--help"])
     help_text = capsys.readouterr().out
-    assert "\n                        response (default): " in help_text
-    assert "\n                        logit: the gradient of the class logit" in help_text
+    assert "\n                        response: the class map's rectified response" in help_text
+    assert "\n                        logit: the class logit (default of lrp" in help_text
 
 
 def test_explainer_hook_and_signal(tmp_path):
@@ -438,12 +439,13 @@ def test_explainer_hook_and_signal(tmp_path):
         calls.append(method)
         return clear_native.Clear(model, method)
 
-    o = BatchOptions(out=str(tmp_path / "a"), model=MODEL, data=str(data), batch_size=12, progress=False)
+    o = BatchOptions(out=str(tmp_path / "a"), model=MODEL, data=str(data), batch_size=12, progress=False,
+                     method="deconvnet")
     assert run(o, explainer=hook).exit_code == 0 and calls == ["deconvnet"]
     assert _recorded_signal(tmp_path / "a") == "response"
     # a hook whose explainer back-projects another signal than the run records is refused
     o = BatchOptions(out=str(tmp_path / "b"), model=MODEL, data=str(data), batch_size=12, progress=False,
-                     signal="logit")
+                     signal="logit", method="deconvnet")
     with pytest.raises(BatchError, match="back-projects signal 'response', but the run's signal is 'logit'"):
         run(o, explainer=hook)
     assert run(o, explainer=lambda m, method: clear_native.Clear(m, method, signal="logit")).exit_code == 0

@@ -6,6 +6,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
+import clear_native  # noqa: E402
 from clear_native import cli  # noqa: E402
 from clear_native.demo import run_demo  # noqa: E402
 from clear_native.evaluate import evaluate, parse_names  # noqa: E402
@@ -41,16 +42,16 @@ def test_demo_writes_every_promised_file(tmp_path):
     assert metrics["images"] == summary["images"] > 0
     assert 0.5 < metrics["accuracy"] <= 1.0 and metrics["num_wrong"] > 0
     assert len(metrics["strong_features"]["curve"]) == 11
-    # The default: deconvnet with the response signal; the class-sensitivity figures.
-    assert metrics["method"] == "deconvnet" and metrics["signal"] == "response"
+    # The default: lrp of the class logit (docs/method.md); the class-sensitivity figures.
+    assert metrics["method"] == clear_native.explain.DEFAULT_METHOD == "lrp" and metrics["signal"] == "logit"
     c = metrics["class_sensitivity"]
     _check_sensitivity(c, wrong=True)
-    assert c["share_predicted_correct"] > 2 * c["chance"]  # the response signal is class sensitive
+    assert c["share_predicted_correct"] > 2 * c["chance"]  # the default is class sensitive
     assert c["causal_effect"] > 0
     # The sample is enriched with errors: its accuracy is below the full test set's, shown beside it.
     sample = metrics["sample"]
     assert sample["extra_misclassified"] > 0 and sample["test_accuracy"] > metrics["accuracy"]
-    assert "Class sensitivity" in html and "response signal" in html
+    assert "Class sensitivity" in html and "lrp, logit signal" in html
     for v in ("share_predicted_correct", "chance", "head_randomised_agreement"):
         assert f"{100 * c[v]:.2f}%" in html, v
     assert f"{c['causal_effect']:+.3f}" in html
@@ -60,7 +61,7 @@ def test_demo_writes_every_promised_file(tmp_path):
 def test_demo_is_the_cli_default():
     args = cli.parse([])
     assert args.command == "demo" and args.func is cli._demo
-    assert (args.out, args.method, args.signal, args.dataset) == ("clear-demo", "deconvnet", None, "mnist")
+    assert (args.out, args.method, args.signal, args.dataset) == ("clear-demo", "lrp", None, "mnist")
 
 
 def test_demo_cli_rejects_a_signal_for_cam(tmp_path, monkeypatch, capsys):

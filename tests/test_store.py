@@ -479,7 +479,7 @@ def test_verify_finds_bad_chunks_and_repair_marks_them_for_redoing(npz, ref, run
     assert "deleted manifest.json" in res.out
     cmd = res.out.splitlines()[-1].strip()
     assert cmd.startswith(f"clear-native explain --model {MODEL} --data {npz} --out {out} ")
-    for part in ("--batch-size 12", "--store dominant,response", "--method deconvnet", "--signal response"):
+    for part in ("--batch-size 12", "--store dominant,response", "--method lrp", "--signal logit"):
         assert part in cmd
     assert "--overwrite" not in cmd and "progress" not in cmd
     assert not _record(out, 1).exists() and not (out / "manifest.json").exists()

@@ -9,7 +9,7 @@ import sys
 from clear_native.batch.finalize import summary_lines
 from clear_native.batch.loop import run
 from clear_native.batch.options import DTYPES, EXIT_USAGE, STORE_CHOICES, BatchOptions
-from clear_native.explain import SIGNALS, methods
+from clear_native.explain import DEFAULT_METHOD, SIGNALS, methods
 from clear_native.io import MAX_PIXELS, BatchError
 from clear_native.store import Files
 
@@ -67,11 +67,15 @@ def add_arguments(p) -> None:
                    help="fingerprint an image folder by its files' contents (reads every file once "
                         "more) instead of their metadata")
     p.add_argument("--out", required=True, help="output folder (created; resumed when it holds the same run)")
-    p.add_argument("--method", default="deconvnet", choices=methods())
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=methods(),
+                   help=f"how the class maps are made (default {DEFAULT_METHOD}: layer-wise relevance of the class "
+                        "logit, the method that passes the sanity checks on the models measured; deconvnet is the "
+                        "paper's)")
     p.add_argument("--signal", default=None, choices=SIGNALS,
-                   help="what deconvnet / guided / gradient send down for each class (not with --method cam):\n"
-                        "response (default): the class map's rectified response at the last feature layer (paper)\n"
-                        "logit: the gradient of the class logit (earlier releases; as Captum's attributions)")
+                   help="what the back-projection methods send down for each class (not with --method cam):\n"
+                        "response: the class map's rectified response at the last feature layer (paper; "
+                        "default of deconvnet / guided / gradient)\n"
+                        "logit: the class logit (default of lrp; gradient methods: as Captum's attributions)")
     p.add_argument("--classes", default="all", help="'all', 'top-K' or a comma-separated list of class ids")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch and per Zarr chunk (64)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cpu)")

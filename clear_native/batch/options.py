@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from clear_native.explain import DEFAULT_SIGNAL, SIGNALS
+from clear_native.explain import DEFAULT_METHOD, DEFAULT_SIGNAL, SIGNALS
 from clear_native.io import MAX_PIXELS, PREPROCESS_CHOICES, BatchError
 from clear_native.store import STORE_FIELDS
 
@@ -27,7 +27,7 @@ class BatchOptions:
     out: str
     model: str | None = None
     data: str | None = None
-    method: str = "deconvnet"
+    method: str = DEFAULT_METHOD
     signal: str | None = None     # "response" / "logit"; None: the method's default (none for "cam")
     classes: str = "all"          # "all", "top-K" or a comma-separated list of class ids
     batch_size: int = 64          # images per batch = per Zarr chunk = per commit
