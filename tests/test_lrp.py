@@ -345,3 +345,17 @@ def test_options():
         Clear(model, "lrp", rectify=False)
     with pytest.raises(ValueError, match="signal must be one of"):
         Clear(model, "lrp", signal="grad")
+
+
+def test_batch_runs_give_lrp_the_imagenet_input_domain():
+    """``--preprocess imagenet`` fixes the input domain: the batch run's lrp takes it as the z^B box."""
+    from clear_native.batch.explainer import _default_explainer, input_domain
+    from clear_native.io.preprocess import ImagenetPreprocess
+    low, high = input_domain(ImagenetPreprocess())
+    torch.testing.assert_close(torch.tensor(low), (0 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+    torch.testing.assert_close(torch.tensor(high), (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+    assert input_domain(None) is None and input_domain(ImagenetPreprocess(normalize=False)) is None
+    model, _ = make("gap")
+    assert _default_explainer(model, "lrp", input_bounds=(low, high))._lrp.input_bounds is not None
+    assert _default_explainer(model, "lrp")._lrp.input_bounds is None  # each image's own range
+    assert _default_explainer(model, "cam", input_bounds=(low, high)).method == "cam"

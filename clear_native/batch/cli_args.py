@@ -112,7 +112,8 @@ def main(args, *, files: Files | None = None) -> int:
     """Runs the ``explain`` subcommand; returns the exit status (0, 2 bad arguments, 3 skipped
     images). ``files``: how the run writes under OUT (see :func:`run`)."""
     try:
-        summary = run(options_from_args(args), files=files)
+        options = options_from_args(args)
+        summary = run(options, files=files)
     except BatchError as e:
         print(f"clear-native explain: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -123,6 +124,9 @@ def main(args, *, files: Files | None = None) -> int:
               f"{len(summary.errors)} errors) in {summary.wall_s:.2f} s, "
               f"{summary.images_per_s:.1f} images/s; chunks {summary.chunks_run} of {summary.chunks} run now",
               file=sys.stderr)
+        signal = options.resolved_signal()
+        print(f"  method {options.method}" + (f" ({signal} signal)" if signal else "")
+              + (" (the default)" if options.method == DEFAULT_METHOD else ""), file=sys.stderr)
         for line in summary_lines(summary.results):
             print(f"  {line}", file=sys.stderr)
         print(f"  time (this invocation, {t.get('images_this_invocation', 0)} images): reading data "

@@ -15,11 +15,24 @@ from clear_native.batch.dist import Dist, resolve_device
 from clear_native.batch.options import DTYPES, SHAPE_SAMPLE, BatchOptions, parse_classes
 from clear_native.io import (BatchError, DataSource, Items, LoadedModel, _first_lines, load_data, load_model,
                              resolve_preprocess)
+from clear_native.io.preprocess import ImagenetPreprocess
 
 
-def _default_explainer(model: torch.nn.Module, method: str, signal: str | None = None):
-    """:class:`clear_native.Clear` for ``method`` (``signal``: None = the method's default)."""
+def _default_explainer(model: torch.nn.Module, method: str, signal: str | None = None, input_bounds=None):
+    """:class:`clear_native.Clear` for ``method`` (``signal``: None = the method's default;
+    ``input_bounds``: lrp's z^B box where the preprocessing says it)."""
+    if method == "lrp" and input_bounds is not None:
+        return clear_native.Clear(model, method=method, signal=signal, input_bounds=input_bounds)
     return clear_native.Clear(model, method=method, signal=signal)
+
+
+def input_domain(preprocess) -> tuple | None:
+    """The model's input domain ``(low, high)`` per channel where a preprocessing normalises
+    [0, 1] images with a known mean / std (``--preprocess imagenet``), else None."""
+    if not isinstance(preprocess, ImagenetPreprocess) or not preprocess.normalize:
+        return None
+    m, s = preprocess.mean, preprocess.std
+    return tuple((0 - a) / b for a, b in zip(m, s)), tuple((1 - a) / b for a, b in zip(m, s))
 
 
 @dataclass
@@ -74,13 +87,14 @@ def load(o: BatchOptions, dist: Dist, explainer: Callable | None, loaded: Loaded
         raise BatchError(f"--data {source.spec!r} holds no items")
     model = loaded.model.to(device=device, dtype=dtype)
     signal = o.resolved_signal()
-    make = explainer or functools.partial(_default_explainer, signal=o.signal)
+    preprocess = resolve_preprocess(o.preprocess, loaded, source)
+    make = explainer or functools.partial(_default_explainer, signal=o.signal, input_bounds=input_domain(preprocess))
     ex = make(model, o.method)
     ex_signal = getattr(ex, "signal", signal)
     if ex_signal != signal:
         raise BatchError(f"the explainer back-projects signal {ex_signal!r}, but the run's signal is "
                          f"{signal!r} (--signal); make them agree")
-    items = Items(source, resolve_preprocess(o.preprocess, loaded, source))
+    items = Items(source, preprocess)
     return Explainer(loaded, source, model, ex, device, dtype, classes, o.autocast, items)
 
 
