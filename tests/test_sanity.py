@@ -289,3 +289,19 @@ def test_evaluate_markdown_has_the_sanity_table():
                                                    "sanity_passes": ok}}}))
     assert "## Sanity checks beyond the paper" in md
     assert "| cam | 0.97* | 0.10 | 0.20 | 0.30 |" in md and "| 9/10 |" in md
+
+
+def test_the_default_passes_every_check_on_the_shipped_model():
+    """The default method (docs/method.md) meets every target of THRESHOLDS on the shipped MNIST
+    model's sample (a smaller run than benchmarks/sanity.py's 500 test images), and the
+    paper's deconvnet does not: the checks tell the two apart."""
+    import clear_native
+    from clear_native.explain import DEFAULT_METHOD
+    model = clear_native.load_pretrained("mnist")
+    x, y = clear_native.load_sample("mnist").tensors()
+    budget = dict(data_images=200, model_images=16, cascade_steps=1, max_mosaics=24, noise_images=1)
+    row = metrics.sanity_report(model, x, y, {"method": DEFAULT_METHOD}, **budget)
+    failed = [k for k, ok in metrics.passes(row).items() if not ok]
+    assert not failed, {k: getattr(row, k) for k in failed}
+    paper = metrics.sanity_report(model, x, y, {"method": "deconvnet", "signal": "logit"}, **budget)
+    assert not all(metrics.passes(paper).values())
