@@ -144,8 +144,8 @@ def _add_evaluate(sub) -> None:
     ev.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     ev.add_argument("--split", default="sample", choices=["sample", "test"],
                     help="the shipped sample (default) or the full test set (needs the data package)")
-    ev.add_argument("--methods", default="deconvnet,guided,gradient,cam", type=_names("method"),
-                    help="comma-separated methods (default: deconvnet,guided,gradient,cam)")
+    ev.add_argument("--methods", default=",".join(methods()), type=_names("method"),
+                    help=f"comma-separated methods (default: {','.join(methods())})")
     ev.add_argument("--signals", default="response,logit", type=_names("signal"),
                     help="comma-separated back-projection signals, each back-projection method is "
                          "evaluated once per signal; cam has none and runs once (default: response,logit)")
