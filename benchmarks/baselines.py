@@ -2,7 +2,7 @@
 benchmarked result, as a user would write it without clear_native.
 
 ``clear_native.reference`` is written for clarity (masked reductions, a scatter for
-the runner-up) and is 4-6x slower than this; the README's tables give both ratios.
+the runner-up) and is 4-6x slower than this; docs/performance.md's tables give both ratios.
 These functions assume what the benchmark inputs guarantee: no NaN (``max`` / ``topk``
 propagate NaN, the operators skip it) and no ties among the top two or the minimum
 (``topk`` does not promise the lower class on ties). ``matches_reference`` checks the

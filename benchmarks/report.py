@@ -1,4 +1,4 @@
-"""Runs the benchmarks and prints the README's table (markdown).
+"""Runs the benchmarks and prints the table of docs/performance.md (markdown).
 
     python benchmarks/report.py [pytest args...]      e.g. -k dominance
 

@@ -13,7 +13,7 @@ on 224x224 crops of the sample photos of scikit-image and scikit-learn (``pip in
 scikit-image scikit-learn``), each image's top-10 classes; with no labels, the model's
 prediction is taken as the label (every image counts as "correct").
 
-The table that decided ``Clear``'s defaults (README, "Class sensitivity"): for each
+The table that decided ``Clear``'s defaults (docs/method.md, "Earlier choices"): for each
 configuration, :func:`clear_native.metrics.class_sensitivity` on the same images:
 the predicted class's share of the strong pixels of correctly classified images, the
 true / predicted class's share on misclassified ones, the class agreement after

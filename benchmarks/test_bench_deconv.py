@@ -3,7 +3,7 @@
 library's transposed convolution), same inputs, same run.
 
     pytest benchmarks/test_bench_deconv.py --benchmark-only
-    python benchmarks/report.py -k unpool_deconv      # the README table
+    python benchmarks/report.py -k unpool_deconv      # the table of docs/performance.md
 
 Cases: the two conv -> ReLU -> max-pool blocks of the MNIST benchmark model
 (benchmarks/test_bench_explain.py), 16 and 64 images, the deconvnet rule; the

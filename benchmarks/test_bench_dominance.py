@@ -6,7 +6,7 @@ per-round bandwidth fraction that survives the machine's drift.
 
     pytest benchmarks/test_bench_dominance.py --benchmark-only
     pytest benchmarks/test_bench_dominance.py -k matches   # the untimed equality checks
-    python benchmarks/report.py -k dominance               # the README table
+    python benchmarks/report.py -k dominance               # the table of docs/performance.md
 """
 import functools
 

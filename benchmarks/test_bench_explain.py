@@ -1,7 +1,7 @@
 """Explainer (clear_native.Clear) against the per-class ways, in the same run.
 
     pytest benchmarks/test_bench_explain.py --benchmark-only
-    python benchmarks/report.py -k explain      # the README table
+    python benchmarks/report.py -k explain      # the table of docs/performance.md
 
 * MNIST-sized ALL-CNN-like model (1x28x28, 10 classes, N=64): ``Clear(method="deconvnet")``
   for all classes + dominance, vs Captum's ``Deconvolution`` called once per class +

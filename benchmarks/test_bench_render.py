@@ -2,7 +2,7 @@
 reference composition (clear_native.reference.render), same inputs, same run.
 
     pytest benchmarks/test_bench_render.py --benchmark-only
-    python benchmarks/report.py -k render      # the README table
+    python benchmarks/report.py -k render      # the table of docs/performance.md
 """
 import functools
 

@@ -49,7 +49,7 @@ from clear_native._response import ResponseSignal
 
 LRP_CLASS_CHUNK = 1  # classes per backward pass (Clear's class_chunk default for lrp)
 INPUT_RULES = ("zb", "flat", "zplus")
-LRP_DEFAULT_SIGNAL = "logit"  # the relevance y_c at the logit: its maps follow the head (README)
+LRP_DEFAULT_SIGNAL = "logit"  # the relevance y_c at the logit: its maps follow the head (docs/method.md)
 
 
 _ADDS = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}

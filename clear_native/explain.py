@@ -73,7 +73,7 @@ from clear_native.project import project_dominance
 __all__ = ["Clear", "ClearMaps", "METHODS", "SIGNALS", "CHANNEL_REDUCE", "DEFAULT_METHOD", "default_class_chunk"]
 
 # The default method, chosen by the sanity checks on the shipped MNIST model and the pretrained
-# EfficientNet-Lite0 / Lite1 (README, "Choosing the default"; benchmarks/sanity.py): layer-wise
+# EfficientNet-Lite0 / Lite1 (docs/method.md, "The default"; benchmarks/sanity.py): layer-wise
 # relevance propagation of the class logit with the z^B input rule is the one configuration
 # that passes every check on all three; deconvnet's maps do not depend on the image where no
 # max-pool switch lies below the feature layer.
@@ -161,7 +161,7 @@ class Clear:
             class dominates the strong pixels of correctly classified digits 71% / 84% /
             70% of the time (deconvnet / guided / gradient) with the response, 12% / 32% /
             10% with the logit (chance: 10%), at a similar causal effect
-            (:func:`clear_native.metrics.class_sensitivity`; README table).
+            (:func:`clear_native.metrics.class_sensitivity`; docs/method.md).
         rectify: ``signal="response"``: project ``relu(M_c)`` (True, default: the
             paper's ALL-CNN has a ReLU after the class convolution, ``z_L >= 0``; measured,
             the signed ``M_c`` drops the share to 15-22% with negative causal effects) or
@@ -179,7 +179,7 @@ class Clear:
         channel_reduce: back-projection methods: how the input's colour channels are
             reduced to one value per pixel: ``"sum"``, ``"max_abs"``, ``"l2"``; default
             (None) ``"max_abs"`` for deconvnet, ``"sum"`` for guided and gradient. Measured
-            (README): for deconvnet the magnitude gives the higher share (81% vs 71%) and
+            (docs/method.md): for deconvnet the magnitude gives the higher share (81% vs 71%) and
             the paper's Table 1 pair nearest the paper (62 / 49 vs 32 / 72; paper 80 /
             43), both with a positive causal effect; for guided and gradient the signed
             sum gives the larger causal effect at an equal or near share.
@@ -204,7 +204,7 @@ class Clear:
             (the paper's method exactly), ``"evidence"`` for the other rules.
         input_rule: ``method="lrp"``: the input layer's rule: ``"zb"`` (default; z^B of Montavon
             et al., the input bounded by ``input_bounds``), ``"flat"`` (zennit's EpsilonPlusFlat)
-            or ``"zplus"``. Measured (README): flat leaves the maps' pattern nearly the same
+            or ``"zplus"``. Measured (docs/method.md): flat leaves the maps' pattern nearly the same
             for a photo and a noise image (rho 0.50 on EfficientNet-Lite0), z^B 0.36; z+ with
             non-negative inputs makes every class's map the same (MNIST: class agreement 84%
             after re-initialising the head).

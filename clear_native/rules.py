@@ -110,7 +110,7 @@ def get(rule: str | Rule) -> Rule:
 class Deconvnet(Rule):
     """Zeiler & Fergus: the signal is rectified at every ReLU; the forward value is
     ignored. Default channel reduction: the magnitude (the sign at the input is only the
-    first layer's filter polarity; README measurements)."""
+    first layer's filter polarity; docs/method.md)."""
 
     name = "deconvnet"
     kernel_id = 1

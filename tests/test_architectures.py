@@ -12,7 +12,7 @@ method's activation rules (:class:`clear_native._relu_rules.relu_rule`, whose ru
 ``tests/test_activations.py`` checks) and reduce the colour channels.
 
 torchvision and timm load with torch 2.14.1 (CI stage 2); without them the cells skip.
-``CLEAR_SUPPORT_TABLE=path.md pytest tests/test_architectures.py`` writes the README's
+``CLEAR_SUPPORT_TABLE=path.md pytest tests/test_architectures.py`` writes docs/architectures.md's
 support table from the results.
 """
 from __future__ import annotations
@@ -108,7 +108,7 @@ ARCHS = {
 # (arch, method) -> the clear error that cell gives (a regex); none at present.
 ERRORS: dict = {}
 _MODEL: dict = {}  # the current architecture: its model and reference head terms (cells run arch by arch)
-RESULTS: dict = {}  # (arch, method) -> cell text, for the README table
+RESULTS: dict = {}  # (arch, method) -> cell text, for the table of docs/architectures.md
 
 
 def _model(arch):

@@ -1,5 +1,5 @@
 """The benchmarks' plain-PyTorch baselines (benchmarks/baselines.py) compute what they are
-timed against, on small inputs: the speed-ups in the README compare like with like. (The
+timed against, on small inputs: the speed-ups in docs/performance.md compare like with like. (The
 benchmark files check the same on their own inputs; this runs with the test suite.)"""
 import sys
 from pathlib import Path

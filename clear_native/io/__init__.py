@@ -27,7 +27,7 @@ Modules: :mod:`~clear_native.io.common` (:class:`BatchError`, :class:`ModelCodeW
 :mod:`~clear_native.io.models`, :mod:`~clear_native.io.preprocess`,
 :mod:`~clear_native.io.sources`, :mod:`~clear_native.io.items`.
 
-Inputs that can run code (see README, "Inputs that can run code"):
+Inputs that can run code (see docs/batch.md, "Inputs that can run code"):
 
 * ``--model package.module:factory`` and ``--data package.module:function`` import
   and run Python code: always.
