@@ -29,10 +29,10 @@ std::tuple<Tensor, Tensor> dominance_impl(const Tensor& responses,
                                           const std::optional<Tensor>& state_indices,
                                           int64_t class_offset, bool ordered, bool runner_up,
                                           bool weakest) {
-  STD_TORCH_CHECK(responses.dim() >= 3 && responses.dim() <= 5,
+  CN_CHECK(responses.dim() >= 3 && responses.dim() <= 5,
                   "dominance: responses must be (N, C, *spatial) with 1 to 3 spatial dims, got ",
                   responses.dim(), " dims of shape ", shape_str(responses));
-  STD_TORCH_CHECK(is_float_type(responses.scalar_type()),
+  CN_CHECK(is_float_type(responses.scalar_type()),
                   "dominance: responses must be float32, float64, float16 or bfloat16, got ",
                   torch::headeronly::toString(responses.scalar_type()));
   const int64_t N = responses.size(0), C = responses.size(1);

@@ -30,38 +30,38 @@ Tensor render_impl(const Tensor& classes, const Tensor& responses, const Tensor&
   check_device("render", "scale", scale, "classes", classes);
   check_device("render", "palette", palette, "classes", classes);
   check_device("render", "image", image, "classes", classes);
-  STD_TORCH_CHECK(classes.dim() == 3, "render: classes must be (N, H, W), got ", classes.dim(),
+  CN_CHECK(classes.dim() == 3, "render: classes must be (N, H, W), got ", classes.dim(),
                   " dims of shape ", shape_str(classes));
-  STD_TORCH_CHECK(classes.scalar_type() == ScalarType::Long,
+  CN_CHECK(classes.scalar_type() == ScalarType::Long,
                   "render: classes must be int64, got ",
                   torch::headeronly::toString(classes.scalar_type()));
-  STD_TORCH_CHECK(sizes_vec(responses) == sizes_vec(classes),
+  CN_CHECK(sizes_vec(responses) == sizes_vec(classes),
                   "render: responses must have the shape of classes ", shape_str(classes),
                   ", got ", shape_str(responses));
-  STD_TORCH_CHECK(is_float_type(responses.scalar_type()),
+  CN_CHECK(is_float_type(responses.scalar_type()),
                   "render: responses must be float32, float64, float16 or bfloat16, got ",
                   torch::headeronly::toString(responses.scalar_type()));
   const int64_t N = classes.size(0), H = classes.size(1), W = classes.size(2), S = H * W;
-  STD_TORCH_CHECK(scale.dim() == 1 && scale.size(0) == N, "render: scale must be (N,) = (", N,
+  CN_CHECK(scale.dim() == 1 && scale.size(0) == N, "render: scale must be (N,) = (", N,
                   ",), got ", shape_str(scale));
-  STD_TORCH_CHECK(scale.scalar_type() == ScalarType::Float, "render: scale must be float32, got ",
+  CN_CHECK(scale.scalar_type() == ScalarType::Float, "render: scale must be float32, got ",
                   torch::headeronly::toString(scale.scalar_type()));
-  STD_TORCH_CHECK(palette.dim() == 2 && palette.size(1) == 3,
+  CN_CHECK(palette.dim() == 2 && palette.size(1) == 3,
                   "render: palette must be (P, 3) RGB, got ", shape_str(palette));
-  STD_TORCH_CHECK(palette.scalar_type() == ScalarType::Byte,
+  CN_CHECK(palette.scalar_type() == ScalarType::Byte,
                   "render: palette must be uint8, got ",
                   torch::headeronly::toString(palette.scalar_type()));
-  STD_TORCH_CHECK(overlay >= 0.0 && overlay <= 1.0, "render: overlay must lie in [0, 1], got ",
+  CN_CHECK(overlay >= 0.0 && overlay <= 1.0, "render: overlay must lie in [0, 1], got ",
                   overlay);
   std::optional<Tensor> img;
   if (image.has_value()) {
     const Tensor& im = *image;
-    STD_TORCH_CHECK(im.dim() == 4 && (im.size(1) == 1 || im.size(1) == 3),
+    CN_CHECK(im.dim() == 4 && (im.size(1) == 1 || im.size(1) == 3),
                     "render: image must be (N, 1 or 3, H, W), got ", shape_str(im));
-    STD_TORCH_CHECK(im.size(0) == N && im.size(2) == H && im.size(3) == W,
+    CN_CHECK(im.size(0) == N && im.size(2) == H && im.size(3) == W,
                     "render: image must be (", N, ", 1 or 3, ", H, ", ", W,
                     ") to match the maps, got ", shape_str(im));
-    STD_TORCH_CHECK(im.scalar_type() == ScalarType::Byte || is_float_type(im.scalar_type()),
+    CN_CHECK(im.scalar_type() == ScalarType::Byte || is_float_type(im.scalar_type()),
                     "render: image must be uint8 or floating point, got ",
                     torch::headeronly::toString(im.scalar_type()));
     // The kernels read uint8 and float32 images in place; other float types

@@ -2,8 +2,10 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -20,6 +22,38 @@ namespace clear_native {
 
 using torch::headeronly::ScalarType;
 using torch::stable::Tensor;
+
+// The message of a failed check: its parts streamed in order (strings, numbers).
+template <typename... Args>
+inline std::string cat_message(const Args&... args) {
+  std::ostringstream s;
+  (s << ... << args);
+  return s.str();
+}
+
+// Throws std::runtime_error (a Python RuntimeError) with the message alone: unlike
+// STD_TORCH_CHECK, no function name and source path of the machine that built the extension.
+#define CN_CHECK(cond, ...)                                                     \
+  do {                                                                          \
+    if (!(cond)) throw std::runtime_error(::clear_native::cat_message(__VA_ARGS__)); \
+  } while (0)
+
+// The product of non-negative sizes, or a clear error where it would overflow int64 (a
+// tensor that large cannot be allocated anyway): sizes computed from user integers.
+inline int64_t checked_numel(const char* op, const char* what, std::initializer_list<int64_t> dims) {
+  int64_t n = 1;
+  bool overflow = false;
+  for (int64_t d : dims) {
+    CN_CHECK(d >= 0, op, ": ", what, " has a negative size ", d);
+    overflow = overflow || __builtin_mul_overflow(n, d, &n);
+  }
+  if (overflow) {
+    std::ostringstream s;
+    for (int64_t d : dims) s << (s.tellp() > 0 ? " x " : "") << d;
+    CN_CHECK(false, op, ": ", what, " of ", s.str(), " elements is too large (over 2^63)");
+  }
+  return n;
+}
 
 inline std::string shape_str(const Tensor& t) {
   std::ostringstream s;
@@ -78,7 +112,7 @@ inline std::string device_str(const Tensor& t) {
 // fake kernel, not here: the fake kernels make the same check, _ops.check_devices.)
 inline void check_device(const char* op, const char* name, const Tensor& t, const char* ref_name,
                          const Tensor& ref) {
-  STD_TORCH_CHECK(same_device(t, ref), op, ": ", name, " must be on the device of ", ref_name,
+  CN_CHECK(same_device(t, ref), op, ": ", name, " must be on the device of ", ref_name,
                   " (", device_str(ref), "), got ", device_str(t));
 }
 
@@ -101,7 +135,7 @@ inline void* current_cuda_stream(int32_t device_index) {
   return torch::stable::accelerator::getCurrentStream(device_index).nativeHandle();
 #else
   void* stream = nullptr;
-  STD_TORCH_CHECK(aoti_torch_get_current_cuda_stream(device_index, &stream) == 0,
+  CN_CHECK(aoti_torch_get_current_cuda_stream(device_index, &stream) == 0,
                   "clear_native: could not get the current CUDA stream");
   return stream;
 #endif
@@ -121,7 +155,7 @@ void run_on_device(const char* op, const Tensor& t, Cpu&& cpu, Cuda&& cuda) {
   torch::stable::accelerator::DeviceGuard guard(t.get_device_index());
   cuda(current_cuda_stream(t.get_device_index()));
 #else
-  STD_TORCH_CHECK(false, op, ": clear_native was built without CUDA");
+  CN_CHECK(false, op, ": clear_native was built without CUDA");
 #endif
 }
 

@@ -34,17 +34,17 @@ inline StreamingIO streaming_io(const char* op, const char* ref_name, const Tens
   check_device(op, "target", target, ref_name, ref);
   check_device(op, "state_values", state_values, ref_name, ref);
   check_device(op, "state_indices", state_indices, ref_name, ref);
-  STD_TORCH_CHECK(class_offset >= 0, op, ": class_offset must be >= 0, got ", class_offset);
-  STD_TORCH_CHECK(class_offset + C < (int64_t{1} << 31),
-                  op, ": class indices must fit in int32, got class_offset + C = ", class_offset + C);
+  CN_CHECK(class_offset >= 0, op, ": class_offset must be >= 0, got ", class_offset);
+  CN_CHECK(class_offset < (int64_t{1} << 31) - C,  // C is a tensor size: no overflow
+           op, ": class indices must fit in int32, got class_offset ", class_offset, " + C ", C);
   if (target.has_value()) {
     const Tensor& t = *target;
-    STD_TORCH_CHECK(t.dim() == 1 && t.size(0) == N, op, ": target must be (N,) = (", N,
+    CN_CHECK(t.dim() == 1 && t.size(0) == N, op, ": target must be (N,) = (", N,
                     ",), got ", shape_str(t));
-    STD_TORCH_CHECK(t.scalar_type() == ScalarType::Long, op, ": target must be int64, got ",
+    CN_CHECK(t.scalar_type() == ScalarType::Long, op, ": target must be int64, got ",
                     torch::headeronly::toString(t.scalar_type()));
   }
-  STD_TORCH_CHECK(state_values.has_value() == state_indices.has_value(),
+  CN_CHECK(state_values.has_value() == state_indices.has_value(),
                   op, ": state_values and state_indices must be given together");
   std::vector<int64_t> vshape{kNumValuePlanes, N}, ishape{kNumIndexPlanes, N};
   vshape.insert(vshape.end(), spatial.begin(), spatial.end());
@@ -52,16 +52,19 @@ inline StreamingIO streaming_io(const char* op, const char* ref_name, const Tens
   if (state_values.has_value()) {
     const Tensor& sv = *state_values;
     const Tensor& si = *state_indices;
-    STD_TORCH_CHECK(sizes_vec(sv) == vshape && sizes_vec(si) == ishape,
+    CN_CHECK(sizes_vec(sv) == vshape && sizes_vec(si) == ishape,
                     op, ": state is for a different shape: state values ", shape_str(sv),
                     " and indices ", shape_str(si), ", but ", ref_name, " ", shape_str(ref),
                     " need (", kNumValuePlanes, ", N, *spatial) and (", kNumIndexPlanes,
                     ", N, *spatial)");
-    STD_TORCH_CHECK(sv.scalar_type() == acc && si.scalar_type() == ScalarType::Long,
+    CN_CHECK(sv.scalar_type() == acc && si.scalar_type() == ScalarType::Long,
                     op, ": state dtypes must be ", torch::headeronly::toString(acc),
                     " and int64, got ", torch::headeronly::toString(sv.scalar_type()), " and ",
                     torch::headeronly::toString(si.scalar_type()));
   }
+  int64_t planes = 1;
+  for (int64_t d : spatial) planes = checked_numel(op, "the output", {planes, d});
+  checked_numel(op, "the output", {kNumValuePlanes + kNumIndexPlanes, N, planes});
   return {torch::stable::new_empty(ref, vshape, acc),
           torch::stable::new_empty(ref, ishape, ScalarType::Long), std::nullopt, std::nullopt,
           std::nullopt};

@@ -12,6 +12,7 @@
 // for pooling windows that do not overlap (each conv output has at most one
 // switch). The output is (N, C_in, H_in, W_in), contiguous. The per-switch math lives in unpool_deconv_element.h, the loops in
 // cpu/simd/unpool_deconv_kernel.cpp and cuda/unpool_deconv_kernel.cu.
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -30,11 +31,15 @@ CN_CPU_DISPATCH(bool, unpool_deconv_kernel, (const UnpoolDeconvArgs& a, int64_t*
 
 namespace {
 
+// Sizes a 2-D convolution can have: every size below is computed from these in int64
+// without overflow ((2^31)^2 < 2^63).
+constexpr int64_t kMaxSize = (int64_t{1} << 31) - 1;
+
 void check_pair(const std::vector<int64_t>& v, const char* name,
                 int64_t minimum) {
-  STD_TORCH_CHECK(v.size() == 2, "unpool_deconv: ", name, " must have 2 values, got ", v.size());
-  STD_TORCH_CHECK(v[0] >= minimum && v[1] >= minimum, "unpool_deconv: ", name, " must be >= ",
-                  minimum, ", got (", v[0], ", ", v[1], ")");
+  CN_CHECK(v.size() == 2, "unpool_deconv: ", name, " must have 2 values, got ", v.size());
+  CN_CHECK(v[0] >= minimum && v[1] >= minimum && v[0] <= kMaxSize && v[1] <= kMaxSize,
+           "unpool_deconv: ", name, " must be in [", minimum, ", 2^31 - 1], got (", v[0], ", ", v[1], ")");
 }
 
 Tensor unpool_deconv_impl(const Tensor& grad, const Tensor& indices, const std::optional<Tensor>& pooled,
@@ -45,29 +50,29 @@ Tensor unpool_deconv_impl(const Tensor& grad, const Tensor& indices, const std::
   check_device("unpool_deconv", "indices", indices, "grad", grad);
   check_device("unpool_deconv", "pooled", pooled, "grad", grad);
   check_device("unpool_deconv", "weight", weight, "grad", grad);
-  STD_TORCH_CHECK(grad.dim() == 4, "unpool_deconv: grad must be (N, C, H_pool, W_pool), got shape ",
+  CN_CHECK(grad.dim() == 4, "unpool_deconv: grad must be (N, C, H_pool, W_pool), got shape ",
                   shape_str(grad));
-  STD_TORCH_CHECK(grad.scalar_type() == ScalarType::Float || grad.scalar_type() == ScalarType::Double,
+  CN_CHECK(grad.scalar_type() == ScalarType::Float || grad.scalar_type() == ScalarType::Double,
                   "unpool_deconv: grad must be float32 or float64, got ",
                   torch::headeronly::toString(grad.scalar_type()));
-  STD_TORCH_CHECK(sizes_vec(indices) == sizes_vec(grad), "unpool_deconv: indices must have grad's shape ",
+  CN_CHECK(sizes_vec(indices) == sizes_vec(grad), "unpool_deconv: indices must have grad's shape ",
                   shape_str(grad), ", got ", shape_str(indices));
-  STD_TORCH_CHECK(indices.scalar_type() == ScalarType::Long, "unpool_deconv: indices must be int64, got ",
+  CN_CHECK(indices.scalar_type() == ScalarType::Long, "unpool_deconv: indices must be int64, got ",
                   torch::headeronly::toString(indices.scalar_type()));
-  STD_TORCH_CHECK(weight.dim() == 4 && weight.size(0) == grad.size(1),
+  CN_CHECK(weight.dim() == 4 && weight.size(0) == grad.size(1),
                   "unpool_deconv: weight must be (C, C_in, kh, kw) with C = ", grad.size(1),
                   " (grad's channels), got shape ", shape_str(weight));
-  STD_TORCH_CHECK(weight.scalar_type() == grad.scalar_type(), "unpool_deconv: weight must be ",
+  CN_CHECK(weight.scalar_type() == grad.scalar_type(), "unpool_deconv: weight must be ",
                   torch::headeronly::toString(grad.scalar_type()), " like grad, got ",
                   torch::headeronly::toString(weight.scalar_type()));
-  STD_TORCH_CHECK(rule == kRuleGradient || rule == kRuleDeconvnet || rule == kRuleGuided,
+  CN_CHECK(rule == kRuleGradient || rule == kRuleDeconvnet || rule == kRuleGuided,
                   "unpool_deconv: rule must be 0 (gradient), 1 (deconvnet) or 2 (guided), got ", rule);
-  STD_TORCH_CHECK(rule == kRuleDeconvnet || pooled.has_value(),
+  CN_CHECK(rule == kRuleDeconvnet || pooled.has_value(),
                   "unpool_deconv: the gradient and guided rules need the pooled output (pooled=None)");
   if (pooled.has_value()) {
-    STD_TORCH_CHECK(sizes_vec(*pooled) == sizes_vec(grad), "unpool_deconv: pooled must have grad's shape ",
+    CN_CHECK(sizes_vec(*pooled) == sizes_vec(grad), "unpool_deconv: pooled must have grad's shape ",
                     shape_str(grad), ", got ", shape_str(*pooled));
-    STD_TORCH_CHECK(pooled->scalar_type() == grad.scalar_type(), "unpool_deconv: pooled must be ",
+    CN_CHECK(pooled->scalar_type() == grad.scalar_type(), "unpool_deconv: pooled must be ",
                     torch::headeronly::toString(grad.scalar_type()), " like grad, got ",
                     torch::headeronly::toString(pooled->scalar_type()));
   }
@@ -87,15 +92,24 @@ Tensor unpool_deconv_impl(const Tensor& grad, const Tensor& indices, const std::
   a.ph = padding[0], a.pw = padding[1];
   a.dh = dilation[0], a.dw = dilation[1];
   a.Hin = input_size[0], a.Win = input_size[1];
+  CN_CHECK(a.kh <= kMaxSize && a.kw <= kMaxSize, "unpool_deconv: the kernel must be under 2^31, got ",
+           shape_str(weight));
   a.Ho = (a.Hin + 2 * a.ph - a.dh * (a.kh - 1) - 1) / a.sh + 1;
   a.Wo = (a.Win + 2 * a.pw - a.dw * (a.kw - 1) - 1) / a.sw + 1;
-  STD_TORCH_CHECK(a.Ho >= 1 && a.Wo >= 1, "unpool_deconv: a ", a.kh, "x", a.kw,
+  CN_CHECK(a.Ho >= 1 && a.Wo >= 1, "unpool_deconv: a ", a.kh, "x", a.kw,
                   " convolution with these stride, padding and dilation has no output for input_size (",
                   a.Hin, ", ", a.Win, ")");
   a.rule = static_cast<int>(rule);
   a.rectify = rectify_output;
   a.dtype = grad.scalar_type();
 
+  checked_numel("unpool_deconv", "the output", {a.N, a.Cin, a.Hin, a.Win});
+  // The CPU kernel accumulates blocks of up to 64 input channels over the zero-padded plane.
+  const int64_t padded = checked_numel("unpool_deconv", "the padded input plane",
+                                       {a.Hin + 2 * a.ph, a.Win + 2 * a.pw, std::min<int64_t>(a.Cin, 64)});
+  CN_CHECK(padded <= (int64_t{1} << 31), "unpool_deconv: the zero-padded input plane (", a.Hin + 2 * a.ph, " x ",
+           a.Win + 2 * a.pw, " for padding (", a.ph, ", ", a.pw, ")) is too large for the kernel's accumulator "
+           "(at most 2^31 elements of up to 64 channels)");
   Tensor out = torch::stable::new_empty(grad, {a.N, a.Cin, a.Hin, a.Win});
   if (a.N == 0 || a.Hin * a.Win * a.Cin == 0) return out;
   if (a.C == 0 || a.P == 0) {
@@ -119,7 +133,7 @@ Tensor unpool_deconv_impl(const Tensor& grad, const Tensor& indices, const std::
       "unpool_deconv", grad,
       [&] {
         int64_t invalid = 0;
-        STD_TORCH_CHECK(cpu::unpool_deconv_kernel_dispatch(a, &invalid),
+        CN_CHECK(cpu::unpool_deconv_kernel_dispatch(a, &invalid),
                         "unpool_deconv: indices must lie in [0, ", a.Ho * a.Wo,
                         ") (flat positions in the conv output plane ", a.Ho, "x", a.Wo, "), got ",
                         invalid);

@@ -61,21 +61,22 @@ std::tuple<Tensor, Tensor> upsample_dominance_impl(
     const std::optional<Tensor>& target, const std::optional<Tensor>& state_values,
     const std::optional<Tensor>& state_indices, int64_t class_offset, bool ordered,
     bool runner_up, bool weakest, int64_t prune) {
-  STD_TORCH_CHECK(maps.dim() == 4, "upsample_dominance: maps must be (N, C, h, w), got ",
+  CN_CHECK(maps.dim() == 4, "upsample_dominance: maps must be (N, C, h, w), got ",
                   maps.dim(), " dims of shape ", shape_str(maps));
   const ScalarType dt = maps.scalar_type();
-  STD_TORCH_CHECK(dt == ScalarType::Float || dt == ScalarType::Double,
+  CN_CHECK(dt == ScalarType::Float || dt == ScalarType::Double,
                   "upsample_dominance: maps must be float32 or float64, got ",
                   torch::headeronly::toString(dt));
-  STD_TORCH_CHECK(size.size() == 2 && size[0] > 0 && size[1] > 0,
-                  "upsample_dominance: size must be two positive ints (H, W), got ", size.size(),
-                  " values");
-  STD_TORCH_CHECK(mode_name == "bilinear" || mode_name == "nearest",
+  CN_CHECK(size.size() == 2, "upsample_dominance: size must be two positive ints (H, W), got ", size.size(),
+           " values");
+  CN_CHECK(size[0] > 0 && size[1] > 0 && size[0] < (int64_t{1} << 31) && size[1] < (int64_t{1} << 31),
+           "upsample_dominance: size must be two ints in [1, 2^31 - 1], got (", size[0], ", ", size[1], ")");
+  CN_CHECK(mode_name == "bilinear" || mode_name == "nearest",
                   "upsample_dominance: mode must be 'bilinear' or 'nearest', got '", mode_name, "'");
-  STD_TORCH_CHECK(prune >= 0 && prune <= 2, "upsample_dominance: prune must be 0, 1 or 2, got ", prune);
+  CN_CHECK(prune >= 0 && prune <= 2, "upsample_dominance: prune must be 0, 1 or 2, got ", prune);
   const int64_t N = maps.size(0), C = maps.size(1), h = maps.size(2), w = maps.size(3);
   const int64_t H = size[0], W = size[1];
-  STD_TORCH_CHECK(N == 0 || C == 0 || (h > 0 && w > 0),
+  CN_CHECK(N == 0 || C == 0 || (h > 0 && w > 0),
                   "upsample_dominance: maps must have a non-empty spatial size, got ", shape_str(maps));
   StreamingIO io = streaming_io("upsample_dominance", "maps", maps, {H, W}, dt, class_offset, target,
                                 state_values, state_indices);
