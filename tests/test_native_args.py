@@ -41,9 +41,11 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_integer_arguments_never_crash_or_overflow():
+def test_integer_arguments_never_crash_or_overflow(tmp_path):
+    # In a subprocess, so that a crash fails the test instead of ending the run; from another
+    # folder, so that a source checkout does not shadow the installed package.
     proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(VALUES)], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]  # a crash (segfault, abort) fails here
     rows = json.loads(proc.stdout.splitlines()[-1])
     assert len(rows) == 10 * len(VALUES)
